@@ -1,0 +1,235 @@
+"""``MultiLayerSC``: attach Spatial Contrasting losses to any layers of any backbone with forward hooks.
+
+    model = MultiLayerSC(timm.create_model("resnet18"), layers=["layer3"])
+    out = model(images)                      # out.logits, out.sc_losses, out.sc_loss
+    loss = F.cross_entropy(out.logits, y) + out.sc_loss
+
+Design, after timm's ``FeatureHooks``:
+- Hooks are registered by module name, so any timm or torchvision model works without FX tracing.
+- Patches are sampled *inside* the hook. The full map is never kept, and a following in-place op
+  (``ReLU(inplace=True)``) cannot change what SC sees.
+- Hook state is keyed by device, so replicas (DataParallel) never mix their patches.
+- Hooks only act during ``MultiLayerSC.forward``; calling ``.backbone`` directly is the plain model.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .layouts import FeatureLayout, Layout
+from .losses import SpatialContrastiveLoss
+
+
+@dataclass
+class SCOutput:
+    """What :class:`MultiLayerSC` returns.
+
+    Attributes:
+        logits: The backbone's usual output, unchanged (e.g. (B, num_classes)).
+        sc_losses: Layer name -> scalar SC loss. Empty when SC was not computed.
+        sc_loss: The weighted sum of ``sc_losses`` (a zero scalar when empty).
+    """
+
+    logits: Any
+    sc_losses: dict[str, Tensor] = field(default_factory=dict)
+    sc_loss: Tensor | None = None
+
+
+class _HookState:
+    """State shared by the hooks of one wrapper (and by its replicas), keyed by device."""
+
+    def __init__(self) -> None:
+        self.capturing: set[torch.device] = set()
+        self.input_hw: dict[torch.device, tuple[int, int]] = {}
+        self.patches: dict[torch.device, dict[str, Tensor]] = {}
+
+
+def _sanitize(name: str) -> str:
+    return name.replace(".", "__")  # ModuleDict keys may not contain dots
+
+
+def _unknown_layer_error(name: str, names: Sequence[str]) -> ValueError:
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    hint = f"close matches: {close}" if close else f"top-level modules: {[n for n in names if n and '.' not in n]}"
+    return ValueError(
+        f"layer {name!r} is not a module of the backbone ({hint}). "
+        f"Layer names come from backbone.named_modules()."
+    )
+
+
+class MultiLayerSC(nn.Module):
+    """Wraps a backbone and adds a Spatial Contrasting loss at each of ``layers``.
+
+    Args:
+        backbone: Any ``nn.Module`` (timm, torchvision or your own).
+        layers: Names from ``backbone.named_modules()``, e.g. ``["layer3"]``.
+        weights: Per-layer weights in ``sc_loss``: a sequence aligned with ``layers`` or a mapping.
+            Default 1 for every layer.
+        loss: One :class:`SpatialContrastiveLoss` configuration for all layers, or a mapping from layer to
+            loss. Default ``SpatialContrastiveLoss()``: the paper's L2, T = 1, about 30% of the map.
+            A single loss with a projector is copied per layer, since layers differ in channels.
+        layouts: Per-layer output layout (``"nchw"``, ``"nhwc"``, ``"tokens"`` or a callable), for layers
+            whose layout cannot be inferred. Default ``"auto"``.
+        sc_in_eval: Also compute SC in eval mode. By default eval mode skips it at no cost.
+
+    Shape:
+        - Input: whatever the backbone takes, e.g. (B, 3, H, W). SC needs B >= 2.
+        - Output: :class:`SCOutput`.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        layers: str | Sequence[str],
+        *,
+        weights: Sequence[float] | Mapping[str, float] | None = None,
+        loss: SpatialContrastiveLoss | Mapping[str, SpatialContrastiveLoss] | None = None,
+        layouts: Mapping[str, Layout] | None = None,
+        sc_in_eval: bool = False,
+    ) -> None:
+        super().__init__()
+        layers = [layers] if isinstance(layers, str) else list(dict.fromkeys(layers))
+        if not layers:
+            raise ValueError("layers is empty: name at least one layer, e.g. layers=['layer3']")
+        modules = dict(backbone.named_modules())
+        for name in layers:
+            if name not in modules:
+                raise _unknown_layer_error(name, list(modules))
+        self.backbone = backbone
+        self.layers: tuple[str, ...] = tuple(layers)
+        self.weights: dict[str, float] = self._resolve_weights(weights)
+        self.sc_heads = nn.ModuleDict({_sanitize(n): m for n, m in self._resolve_losses(loss).items()})
+        layouts = dict(layouts or {})
+        unknown = set(layouts) - set(layers)
+        if unknown:
+            raise ValueError(f"layouts names layers that are not hooked: {sorted(unknown)}; hooked: {layers}")
+        self._layouts = {n: FeatureLayout(backbone, n, modules[n], layouts.get(n, "auto")) for n in layers}
+        self.sc_in_eval = sc_in_eval
+        self._state = _HookState()
+        self._handles = [modules[n].register_forward_hook(partial(self._hook, n)) for n in layers]
+
+    # -- configuration -------------------------------------------------------------------------------
+    def _resolve_weights(self, weights) -> dict[str, float]:
+        if weights is None:
+            return {n: 1.0 for n in self.layers}
+        if isinstance(weights, Mapping):
+            missing, extra = set(self.layers) - set(weights), set(weights) - set(self.layers)
+            if missing or extra:
+                raise ValueError(
+                    f"weights must name exactly the hooked layers {list(self.layers)}; "
+                    f"missing {sorted(missing)}, unknown {sorted(extra)}"
+                )
+            return {n: float(weights[n]) for n in self.layers}
+        weights = list(weights)
+        if len(weights) != len(self.layers):
+            raise ValueError(f"got {len(weights)} weights for {len(self.layers)} layers {list(self.layers)}")
+        return {n: float(w) for n, w in zip(self.layers, weights)}
+
+    def _resolve_losses(self, loss) -> dict[str, SpatialContrastiveLoss]:
+        if isinstance(loss, Mapping):
+            missing, extra = set(self.layers) - set(loss), set(loss) - set(self.layers)
+            if missing or extra:
+                raise ValueError(
+                    f"loss mapping must name exactly the hooked layers {list(self.layers)}; "
+                    f"missing {sorted(missing)}, unknown {sorted(extra)}"
+                )
+            return {n: loss[n] for n in self.layers}
+        if loss is None:
+            return {n: SpatialContrastiveLoss() for n in self.layers}
+        if not isinstance(loss, SpatialContrastiveLoss):
+            raise TypeError(f"loss must be a SpatialContrastiveLoss or a mapping of them, got {type(loss)}")
+        if loss.projector is not None and len(self.layers) > 1:
+            import copy
+
+            return {n: copy.deepcopy(loss) for n in self.layers}
+        return {n: loss for n in self.layers}
+
+    def loss_for(self, layer: str) -> SpatialContrastiveLoss:
+        """The SC loss module attached to ``layer``."""
+        return self.sc_heads[_sanitize(layer)]
+
+    # -- hooks ---------------------------------------------------------------------------------------
+    def _hook(self, name: str, module: nn.Module, inputs: Any, output: Any) -> None:
+        x = output[0] if isinstance(output, (tuple, list)) else output
+        if not isinstance(x, Tensor):
+            raise TypeError(f"layer {name!r} returned {type(output)}, not a tensor; hook another layer")
+        state = self._state
+        if x.device not in state.capturing:
+            return
+        fmap = self._layouts[name](x, state.input_hw.get(x.device))  # (B, C, H, W)
+        state.patches[x.device][name] = self.loss_for(name).sample(fmap)  # (B, P, D)
+
+    def remove_hooks(self) -> None:
+        """Detach every hook. The backbone is left exactly as it was before wrapping."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def unwrap(self) -> nn.Module:
+        """Remove the hooks and return the plain backbone."""
+        self.remove_hooks()
+        return self.backbone
+
+    @property
+    def has_hooks(self) -> bool:
+        return bool(self._handles)
+
+    # -- forward -------------------------------------------------------------------------------------
+    def forward(self, x: Tensor, *args: Any, compute_sc: bool | None = None, **kwargs: Any) -> SCOutput:
+        """Run the backbone; compute SC at the hooked layers in training mode (or when ``compute_sc``).
+
+        Args:
+            x: The backbone's input, e.g. (B, C, H, W).
+            compute_sc: Force SC on (True) or off (False). Default: ``self.training or self.sc_in_eval``.
+            *args, **kwargs: Passed to the backbone.
+        """
+        if compute_sc is None:
+            compute_sc = self.training or self.sc_in_eval
+        if not compute_sc:
+            return SCOutput(logits=self.backbone(x, *args, **kwargs), sc_loss=x.new_zeros((), dtype=torch.float32))
+        if not self._handles:
+            raise RuntimeError("the hooks were removed; SC cannot be computed. Wrap the backbone again.")
+        if x.shape[0] < 2:  # fail before the backbone does, with the reason that matters here
+            raise ValueError(
+                f"spatial contrasting needs at least 2 images per batch (the other images are the "
+                f"contrasting samples), got {x.shape[0]}. Use drop_last=True in the DataLoader, or "
+                f"compute_sc=False for single-image inference."
+            )
+        state, dev = self._state, x.device
+        state.capturing.add(dev)
+        state.input_hw[dev] = tuple(x.shape[-2:])
+        state.patches[dev] = {}
+        try:
+            logits = self.backbone(x, *args, **kwargs)
+        finally:
+            state.capturing.discard(dev)
+            patches = state.patches.pop(dev, {})
+        not_run = [n for n in self.layers if n not in patches]
+        if not_run:
+            raise RuntimeError(f"hooked layers {not_run} did not run in the backbone's forward pass")
+        sc_losses = {n: self.loss_for(n).score(patches[n]) for n in self.layers}
+        sc_loss = sum(self.weights[n] * sc_losses[n] for n in self.layers)
+        return SCOutput(logits=logits, sc_losses=sc_losses, sc_loss=sc_loss)
+
+    @torch.no_grad()
+    def init_lazy(self, example: Tensor) -> None:
+        """Materialise lazy projector parameters with one forward pass, before building an optimizer.
+
+        Runs in eval mode, so batch-norm statistics are not touched.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            self(example, compute_sc=True)
+        finally:
+            self.train(was_training)
+
+    def extra_repr(self) -> str:
+        return f"layers={list(self.layers)}, weights={self.weights}"
