@@ -1,5 +1,7 @@
 """sclearn: Spatial Contrasting (Hoffer et al., 2016) for timm and torchvision backbones."""
 
+from . import models  # registers the Table-4 nets (sc_stl10, sc_cifar10, sc_mnist) with timm
+from .evaluation import evaluate_accuracy, extract_features, knn_probe, linear_probe, probe_representation
 from .losses import (
     PatchProjector,
     SpatialContrastiveLoss,
@@ -15,6 +17,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MultiLayerSC",
+    "evaluate_accuracy",
+    "extract_features",
+    "knn_probe",
+    "linear_probe",
+    "probe_representation",
     "PatchProjector",
     "SCOutput",
     "SpatialContrastiveLoss",

@@ -1,0 +1,294 @@
+"""Evaluation: top-1 accuracy, and kNN / linear probes on frozen features.
+
+A probe asks how good a representation is without fine-tuning it: extract features once from a frozen
+model (at any named layer, e.g. the SC layer), then fit a cheap classifier on them.
+
+- ``knn_probe``: weighted kNN on cosine similarity, as in InstDisc (Wu et al. 2018) and DINO's
+  ``eval_knn.py``: each of the k nearest training features votes for its label with weight
+  ``exp(sim / temperature)``.
+- ``linear_probe``: multinomial logistic regression fitted full-batch with L-BFGS on standardised features.
+
+All loaders yield ``(images, labels)`` (a tuple/list, or a dict with "image"/"label" keys).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["evaluate_accuracy", "extract_features", "knn_probe", "linear_probe", "probe_representation"]
+
+# Cap on the elements of one (test chunk x train) similarity block: 2**24 floats = 64 MiB,
+# so a 10k x 60k probe is done in ~36 blocks of ~280 test rows instead of one 2.4 GB matrix.
+_KNN_BLOCK_ELEMS = 2**24
+
+
+class _StopForward(Exception):
+    """Raised by the feature hook: nothing after the probed layer needs computing."""
+
+
+def _unpack(batch: Any) -> tuple[Tensor, Tensor]:
+    if isinstance(batch, Mapping):
+        return batch["image"], batch["label"]
+    images, labels = batch[0], batch[1]
+    return images, torch.as_tensor(labels)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _pool_map(x: Tensor, pool: int | None) -> Tensor:
+    """(B, C, H, W) -> (B, C * pool * pool), or (B, C) if pool is None; (B, D) passes through."""
+    if x.ndim == 2:
+        return x
+    if x.ndim != 4:
+        raise ValueError(f"expected a (B, C, H, W) map or (B, D) features, got shape {tuple(x.shape)}")
+    if pool is None:
+        return x.mean((2, 3))  # (B, C)
+    return F.adaptive_avg_pool2d(x, pool).flatten(1)  # (B, C * pool * pool)
+
+
+def _final_features(model: nn.Module, images: Tensor) -> Tensor:
+    """Globally pooled last features: timm's ``forward_head(pre_logits=True)`` where the model has it."""
+    if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
+        return model.forward_head(model.forward_features(images), pre_logits=True)  # (B, D)
+    if hasattr(model, "forward_features"):
+        return _pool_map(model.forward_features(images), None)
+    return _pool_map(model(images), None)
+
+
+def _layer_features(model: nn.Module, module: nn.Module, images: Tensor, pool: int | None) -> Tensor:
+    """Run ``model`` up to ``module`` (a forward hook stops the pass there) and pool its output."""
+    store: list[Tensor] = []
+
+    def hook(mod: nn.Module, inputs: Any, output: Any) -> None:
+        store.append(output[0] if isinstance(output, (tuple, list)) else output)
+        raise _StopForward
+
+    handle = module.register_forward_hook(hook)
+    try:
+        model(images)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    if not store:
+        raise RuntimeError("the probed layer was not called in the forward pass")
+    return _pool_map(store[0], pool)
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    layer: str | None = None,
+    pool: int | None = 2,
+    device: torch.device | str | None = None,
+    max_batches: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Features of a frozen model for every sample of ``loader``.
+
+    Args:
+        model: any ``nn.Module``; put in eval mode for the pass and restored afterwards.
+        loader: yields ``(images, labels)`` batches.
+        layer: name (as in ``model.named_modules()``) of the module whose output to take. Its map
+            (B, C, H, W) is average-pooled to ``pool x pool`` and flattened; a (B, D) output is kept. The
+            forward pass stops at that module: later layers are never run.
+            ``None``: the model's globally pooled last features (``forward_head(pre_logits=True)`` for timm
+            models, else the global average of ``forward_features`` or of the output).
+        pool: output grid side for a layer's map; ``None`` means global average pooling.
+        device: where to run; default: the model's device.
+        max_batches: stop after this many batches.
+
+    Returns:
+        ``(features, labels)``: float32 (N, D) and int64 (N,), on the CPU.
+    """
+    device = torch.device(device) if device is not None else _model_device(model)
+    module = None
+    if layer is not None:
+        modules = dict(model.named_modules())
+        if layer not in modules:
+            raise ValueError(f"no module named {layer!r}; some names: {list(modules)[1:12]}")
+        module = modules[layer]
+    was_training = model.training
+    model.eval()
+    feats, labels = [], []
+    try:
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            images, y = _unpack(batch)
+            images = images.to(device, non_blocking=True)
+            f = (
+                _final_features(model, images)
+                if module is None
+                else _layer_features(model, module, images, pool)
+            )
+            feats.append(f.float().cpu())  # (B, D)
+            labels.append(y.long().cpu())  # (B,)
+    finally:
+        model.train(was_training)
+    if not feats:
+        raise ValueError("the loader yielded no batches")
+    return torch.cat(feats), torch.cat(labels)
+
+
+def _num_classes(*labels: Tensor) -> int:
+    return int(max(int(y.max()) for y in labels)) + 1
+
+
+@torch.no_grad()
+def knn_probe(
+    train_feats: Tensor,
+    train_labels: Tensor,
+    test_feats: Tensor,
+    test_labels: Tensor,
+    *,
+    k: int = 20,
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+) -> float:
+    """Top-1 accuracy of a weighted kNN classifier on cosine similarity.
+
+    Each test feature takes its ``k`` most similar training features (cosine); neighbour j votes for its
+    label with weight ``exp(sim_j / temperature)``; the class with the largest total wins.
+
+    Args:
+        train_feats: Shape: (N, D).
+        train_labels: Shape: (N,), int class ids.
+        test_feats: Shape: (M, D).
+        test_labels: Shape: (M,).
+        k: neighbours per test sample (clipped to N).
+        temperature: vote sharpness; small values approach a majority vote of the nearest few.
+        num_classes: default ``max label + 1``.
+
+    Returns:
+        Fraction of test samples classified correctly, in [0, 1].
+    """
+    num_classes = num_classes or _num_classes(train_labels, test_labels)
+    k = min(k, train_feats.shape[0])
+    train = F.normalize(train_feats.float(), dim=1)  # (N, D)
+    test = F.normalize(test_feats.float(), dim=1).to(train.device)  # (M, D)
+    train_labels = train_labels.to(train.device)
+    chunk = max(1, _KNN_BLOCK_ELEMS // train.shape[0])
+    correct = 0
+    for start in range(0, test.shape[0], chunk):
+        sim = test[start : start + chunk] @ train.T  # (m, N)
+        top_sim, top_idx = sim.topk(k, dim=1)  # (m, k)
+        votes = torch.zeros(sim.shape[0], num_classes, device=sim.device)  # (m, C)
+        votes.scatter_add_(1, train_labels[top_idx], (top_sim / temperature).exp())
+        pred = votes.argmax(1).cpu()  # (m,)
+        correct += int((pred == test_labels[start : start + chunk].cpu()).sum())
+    return correct / test.shape[0]
+
+
+def linear_probe(
+    train_feats: Tensor,
+    train_labels: Tensor,
+    test_feats: Tensor,
+    test_labels: Tensor,
+    *,
+    l2: float = 1e-4,
+    max_iter: int = 200,
+    standardize: bool = True,
+) -> float:
+    """Top-1 accuracy of a multinomial logistic regression fitted on frozen features.
+
+    Minimises ``mean CE + l2 * ||W||^2`` (bias not penalised) full-batch with L-BFGS (strong-Wolfe line
+    search), starting from zero. With ``standardize`` each feature is shifted and scaled by the *training*
+    mean and std, so the test set never informs the fit.
+
+    Args:
+        train_feats: Shape: (N, D).
+        train_labels: Shape: (N,), int class ids.
+        test_feats: Shape: (M, D).
+        test_labels: Shape: (M,).
+        l2: weight of the squared-L2 penalty on the weights.
+        max_iter: L-BFGS iterations.
+        standardize: z-score the features with training statistics.
+
+    Returns:
+        Fraction of test samples classified correctly, in [0, 1].
+    """
+    x, xt = train_feats.float(), test_feats.float().to(train_feats.device)
+    y = train_labels.long().to(x.device)
+    if standardize:
+        mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-6)  # (D,)
+        x, xt = (x - mean) / std, (xt - mean) / std
+    num_classes = _num_classes(train_labels, test_labels)
+    w = torch.zeros(x.shape[1], num_classes, device=x.device, requires_grad=True)  # (D, C)
+    b = torch.zeros(num_classes, device=x.device, requires_grad=True)  # (C,)
+    opt = torch.optim.LBFGS(
+        [w, b],
+        lr=1,
+        max_iter=max_iter,
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ w + b, y) + l2 * w.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():  # callers may hold a no_grad context
+        opt.step(closure)
+    with torch.no_grad():
+        pred = (xt @ w + b).argmax(1).cpu()  # (M,)
+    return (pred == test_labels.cpu()).float().mean().item()
+
+
+def probe_representation(
+    model: nn.Module,
+    layer: str | None,
+    train_loader: Iterable,
+    test_loader: Iterable,
+    *,
+    pool: int | None = 2,
+    k: int = 20,
+    device: torch.device | str | None = None,
+) -> dict[str, float | int]:
+    """kNN and linear probes of ``model``'s features at ``layer`` (see ``extract_features``).
+
+    Returns:
+        ``{"knn_top1": float, "linear_top1": float, "feature_dim": int}``.
+    """
+    train_x, train_y = extract_features(model, train_loader, layer=layer, pool=pool, device=device)
+    test_x, test_y = extract_features(model, test_loader, layer=layer, pool=pool, device=device)
+    return {
+        "knn_top1": knn_probe(train_x, train_y, test_x, test_y, k=k),
+        "linear_top1": linear_probe(train_x, train_y, test_x, test_y),
+        "feature_dim": train_x.shape[1],
+    }
+
+
+@torch.no_grad()
+def evaluate_accuracy(
+    model: nn.Module, loader: Iterable, *, device: torch.device | str | None = None
+) -> float:
+    """Top-1 accuracy of ``model``'s logits over ``loader`` (single process; eval mode, restored after)."""
+    device = torch.device(device) if device is not None else _model_device(model)
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    try:
+        for batch in loader:
+            images, y = _unpack(batch)
+            pred = model(images.to(device, non_blocking=True)).argmax(1).cpu()  # (B,)
+            correct += int((pred == y.cpu()).sum())
+            total += y.numel()
+    finally:
+        model.train(was_training)
+    if total == 0:
+        raise ValueError("the loader yielded no batches")
+    return correct / total
