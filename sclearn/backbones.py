@@ -1,0 +1,111 @@
+"""Build backbones by name, check their heads, and export / load their weights as safetensors.
+
+The exported file holds the *backbone's* ``state_dict`` with its own key names (no wrapper prefixes), so
+``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path), num_classes=k)`` and a
+torchvision model's ``load_state_dict`` both read it directly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+TORCHVISION_PREFIX = "torchvision:"
+
+
+def build_backbone(name: str, *, num_classes: int, in_chans: int = 3, **kwargs: Any) -> nn.Module:
+    """A timm model (``"resnet18"``, ``"sc_cifar10"``...) or a torchvision one (``"torchvision:resnet18"``).
+
+    Raises:
+        ValueError: For an unknown name (with close timm matches), or a torchvision model asked for a
+            channel count other than 3.
+    """
+    from . import models  # noqa: F401  (registers the Table-4 nets with timm)
+
+    if name.startswith(TORCHVISION_PREFIX):
+        import torchvision
+
+        tv_name = name[len(TORCHVISION_PREFIX):]
+        if in_chans != 3:
+            raise ValueError(
+                f"torchvision model {tv_name!r} takes 3-channel input; use channels=3 (grayscale is "
+                f"repeated to RGB) or a timm model, which accepts in_chans"
+            )
+        if tv_name not in torchvision.models.list_models():
+            raise ValueError(f"unknown torchvision model {tv_name!r}; see torchvision.models.list_models()")
+        return torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes, **kwargs)
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name}*")[:8]
+        raise ValueError(
+            f"unknown model {name!r}. timm models like it: {close}. For torchvision prefix the name with "
+            f"{TORCHVISION_PREFIX!r}, e.g. 'torchvision:resnet18'."
+        )
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+@torch.no_grad()
+def check_head(model: nn.Module, example: torch.Tensor, num_classes: int) -> None:
+    """Raise a clear error when the model's output size differs from the number of classes."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(example[:2])
+    finally:
+        model.train(was_training)
+    width = out.shape[-1]
+    if out.ndim != 2 or width != num_classes:
+        raise ValueError(
+            f"the model outputs shape {tuple(out.shape)} but the data has {num_classes} classes. Create it "
+            f"with num_classes={num_classes} (timm: timm.create_model(name, num_classes={num_classes}); or "
+            f"model.reset_classifier({num_classes}))."
+        )
+
+
+def export_backbone(backbone: nn.Module, path: str | Path, meta: dict[str, Any]) -> Path:
+    """Write ``backbone.state_dict()`` as safetensors plus a JSON sidecar (``<path>.json``) with ``meta``."""
+    path = Path(path)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in backbone.state_dict().items()}
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    tmp.replace(path)
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def load_backbone_weights(backbone: nn.Module, source: str | Path) -> list[str]:
+    """Load weights into ``backbone`` from an exported file, a run dir or a trainer checkpoint dir.
+
+    Classifier tensors whose shape differs (another class count) are skipped and stay freshly initialised.
+
+    Returns:
+        The names of the skipped tensors.
+    """
+    source = Path(source)
+    if source.is_dir():
+        for candidate in (source / "backbone.safetensors", source / "model.safetensors"):
+            if candidate.is_file():
+                source = candidate
+                break
+        else:
+            raise FileNotFoundError(f"{source} holds neither backbone.safetensors nor model.safetensors")
+    if not source.is_file():
+        raise FileNotFoundError(f"init_from={str(source)!r} does not exist")
+    state = load_file(str(source))
+    if any(k.startswith("backbone.") for k in state):  # a trainer checkpoint of the whole wrapper
+        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    own = backbone.state_dict()
+    skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    state = {k: v for k, v in state.items() if k not in skipped}
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if k not in skipped]:
+        raise ValueError(
+            f"weights in {source} do not fit the backbone: missing {missing[:5]}, unexpected {unexpected[:5]}. "
+            f"Was it exported from the same architecture?"
+        )
+    return skipped

@@ -1,0 +1,662 @@
+"""``Trainer``: one Accelerate-driven loop for supervised, SC pre-training, fine-tuning, two-stage and joint.
+
+    trainer = Trainer(TrainConfig(data="idx:/usr/share/datasets/fashion-mnist", mode="joint", ...))
+    summary = trainer.fit()
+
+Flow (after dino's ``train`` -> ``train_one_epoch``): ``fit`` runs the stages of the mode in order; each stage
+runs epochs; each epoch drives one loader (labelled for CE stages, unlabelled for SC stages) and, in joint
+mode, draws a labelled batch from a cycling loader at every step. A run dir holds ``config.json``,
+``metrics.jsonl``, ``checkpoints/``, ``backbone.safetensors`` (+ ``.json``), ``summary.json`` and figures.
+
+Resuming restores model, optimizers, schedulers, RNG states, counters and the position inside the epoch:
+the resumed run computes exactly what the uninterrupted one would have (CPU, ``num_workers=0``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.state import AcceleratorState, GradientState, PartialState
+from accelerate.utils import set_seed
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from . import data as sc_data
+from .batching import resumable_loader
+from .backbones import build_backbone, check_head, export_backbone, load_backbone_weights
+from .checkpoint import CheckpointManager, read_state
+from .config import TrainConfig
+from .distributed import all_gather_with_grad
+from .losses import PatchProjector, SpatialContrastiveLoss
+from .wrapper import MultiLayerSC, SCOutput
+
+SC_STAGES = ("pretrain", "joint")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or inf; the last good checkpoint is kept."""
+
+
+def _mean_std_for(config: TrainConfig, splits) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    mean, std = sc_data.dataset_stats(splits.labeled if splits.unlabeled is None else splits.unlabeled)
+    if config.channels == 3 and len(mean) == 1:  # grayscale data repeated to RGB
+        mean, std = mean * 3, std * 3
+    if config.channels == 1 and len(mean) == 3:
+        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+    return tuple(mean), tuple(std)
+
+
+class _CyclingLoader:
+    """An endless view of a resumable loader whose position is a single counter.
+
+    Batch ``k`` is batch ``k % len`` of pass ``k // len``, each pass reshuffled. Because the position is one
+    integer, it is saved with a checkpoint and restored exactly.
+    """
+
+    def __init__(self, loader, drawn: int = 0) -> None:
+        self.loader, self.drawn = loader, drawn
+        self._it = None
+
+    def _restart(self) -> None:
+        n = len(self.loader)
+        self.loader.batch_sampler.set_position(self.drawn // n, self.drawn % n)
+        self._it = iter(self.loader)
+
+    def __next__(self):
+        if self._it is None:
+            self._restart()
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            self._restart()
+            batch = next(self._it)
+        self.drawn += 1
+        return batch
+
+
+class Trainer:
+    """Trains a backbone with CE, SC, or both, as ``config.mode`` says.
+
+    Args:
+        config: The run.
+        model: A backbone to train instead of building ``config.backbone`` (its head must have one output
+            per class).
+        splits: Data splits instead of loading ``config.data`` (a :class:`sclearn.data.SemiSupervisedSplits`).
+    """
+
+    def __init__(self, config: TrainConfig, *, model: nn.Module | None = None, splits=None) -> None:
+        self.config = cfg = config
+        self.output_dir = Path(cfg.output_dir)
+        self.accelerator = self._make_accelerator()
+        self._prepare_run_dir()
+        set_seed(cfg.seed)
+        with self.accelerator.main_process_first():
+            self.splits = splits if splits is not None else self._load_splits()
+        self.num_classes = self.splits.num_classes
+        self.loaders, eval_loaders, self.probe_loaders = self._make_loaders()
+
+        backbone = model if model is not None else self._build_backbone()
+        example, _ = next(iter(eval_loaders["test"]))
+        check_head(backbone, example, self.num_classes)
+        if cfg.init_from:
+            skipped = load_backbone_weights(backbone, cfg.init_from)
+            if skipped:
+                self.accelerator.print(f"init_from: re-initialised {skipped} (different shape)")
+        self.model = self._wrap(backbone)
+        if isinstance(self.model, MultiLayerSC) and any(
+            isinstance(p, nn.parameter.UninitializedParameter) for p in self.model.parameters()
+        ):
+            self.model.init_lazy(example)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.compile:
+            self.model = torch.compile(self.model)  # after the hooks: compile ignores later hooks
+
+        self.optimizers = {s: self._make_optimizer(s) for s in cfg.stages}
+        acc = self.accelerator
+        # Training loaders stay ours (EpochBatchSampler, sharded by rank); eval loaders are prepared so that
+        # gather_for_metrics can drop the padding of uneven shards.
+        prepared = acc.prepare(self.model, *self.optimizers.values(), *eval_loaders.values())
+        self.model = prepared[0]
+        self.optimizers = dict(zip(self.optimizers, prepared[1 : 1 + len(self.optimizers)]))
+        self.eval_loaders = dict(zip(eval_loaders, prepared[1 + len(self.optimizers) :]))
+        self.schedulers = {s: self._make_scheduler(s) for s in cfg.stages}
+        acc.register_for_checkpointing(*self.schedulers.values())
+        if cfg.gather_negatives:
+            for loss in self._sc_losses():
+                loss.gather_fn = all_gather_with_grad
+
+        self.checkpoints = CheckpointManager(acc, self.output_dir / "checkpoints", cfg.keep_checkpoints)
+        self.state: dict[str, Any] = {
+            "stage_index": 0, "epoch": 0, "batch_in_epoch": 0, "global_step": 0, "stage_step": 0,
+            "labeled_drawn": 0, "batches_seen": 0, "nonfinite_skipped": 0, "stage_results": {}, "epoch_loss_sum": 0.0,
+            "epoch_loss_count": 0,
+        }
+        self._resume()
+        self.metrics_path = self.output_dir / "metrics.jsonl"
+        if acc.log_with:
+            acc.init_trackers("sclearn", config=cfg.flat())
+
+    # -- setup ---------------------------------------------------------------------------------------
+    def _make_accelerator(self) -> Accelerator:
+        cfg = self.config
+        if cfg.mixed_precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            raise ValueError(
+                "mixed_precision='bf16' is not supported by this GPU (needs Ampere or newer); "
+                "use mixed_precision='fp16' or 'no'"
+            )
+        if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise ValueError("mixed_precision='fp16' needs a CUDA GPU; on CPU use mixed_precision='bf16' or 'no'")
+        report_to = cfg.report_to
+        if report_to == "auto":
+            try:
+                import tensorboard  # noqa: F401
+
+                report_to = "tensorboard"
+            except ImportError:
+                report_to = "none"
+        if AcceleratorState._shared_state and PartialState().num_processes == 1:
+            # A second Trainer in one process (benchmark arms, notebooks) may change mixed precision;
+            # accelerate keeps one global state and would refuse. Single-process state is safe to reset.
+            AcceleratorState._reset_state()
+            GradientState._reset_state()
+        accelerator = Accelerator(
+            # None lets `accelerate launch --mixed_precision bf16` decide; the config then records it.
+            mixed_precision=None if cfg.mixed_precision == "no" else cfg.mixed_precision,
+            log_with=None if report_to == "none" else report_to,
+            project_dir=str(self.output_dir),
+            # SC-only stages leave the head (and CE stages the projectors) without gradients.
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+        cfg.mixed_precision = str(accelerator.mixed_precision)
+        return accelerator
+
+    def _prepare_run_dir(self) -> None:
+        cfg, out = self.config, self.output_dir
+        if self.accelerator.is_main_process:
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                probe = out / ".write-test"
+                probe.write_text("ok")
+                probe.unlink()
+            except OSError as e:
+                raise ValueError(
+                    f"output_dir {str(out)!r} is not writable ({e.strerror}); choose another with output_dir="
+                ) from e
+            saved = out / "config.json"
+            has_run = (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
+            if cfg.resume and saved.is_file():
+                diff = cfg.diff(TrainConfig.from_dict(json.loads(saved.read_text())))
+                if diff:
+                    lines = "\n".join(f"  {k}: run has {old!r}, now {new!r}" for k, (new, old) in diff.items())
+                    raise ValueError(
+                        f"refusing to resume {out} with a different config:\n{lines}\n"
+                        f"Resume with the original settings, or start a new output_dir."
+                    )
+            elif has_run and not cfg.resume:
+                raise ValueError(
+                    f"{out} already holds a run. Pass resume=True (--resume) to continue it, or choose "
+                    f"another output_dir (or delete this one)."
+                )
+            if not cfg.resume:
+                (out / "metrics.jsonl").unlink(missing_ok=True)
+            cfg.save(saved)
+        self.accelerator.wait_for_everyone()
+
+    def _load_splits(self):
+        cfg = self.config
+        if not cfg.data:
+            raise ValueError("no data: set TrainConfig.data (e.g. 'idx:/path/to/fashion-mnist') or pass splits=")
+        dsd = sc_data.load_image_dataset(cfg.data)
+        return sc_data.semi_supervised_splits(
+            dsd,
+            protocol=cfg.protocol,
+            labels_per_class=cfg.labels_per_class,
+            val_per_class=cfg.val_per_class,
+            seed=cfg.split_seed,
+            save_indices_to=str(self.output_dir / "split_indices.json") if self.accelerator.is_main_process else None,
+        )
+
+    def _make_loaders(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """(training loaders, eval loaders, probe loaders). Training loaders are resumable and sharded."""
+        cfg, s, acc = self.config, self.splits, self.accelerator
+        mean, std = _mean_std_for(cfg, s)
+        common = dict(image_size=cfg.image_size, mean=mean, std=std, channels=cfg.channels)
+        train_tf = sc_data.build_transform(train=True, translate=cfg.translate, hflip=cfg.hflip, **common)
+        eval_tf = sc_data.build_transform(train=False, **common)
+        kw = dict(num_workers=cfg.num_workers, seed=cfg.seed)
+        shard = dict(seed=cfg.seed, rank=acc.process_index, world_size=acc.num_processes)
+
+        def train_loader(ds, batch_size: int, drop_last: bool):
+            base = sc_data.make_loader(sc_data.with_image_transform(ds, train_tf), batch_size, shuffle=True, **kw)
+            return resumable_loader(base, drop_last=drop_last, **shard)
+
+        def eval_loader(ds):
+            return sc_data.make_loader(sc_data.with_image_transform(ds, eval_tf), max(cfg.batch_size, 256),
+                                       shuffle=False, **kw)
+
+        train: dict[str, Any] = {}
+        stages = set(cfg.stages)
+        if stages & {"supervised", "finetune", "joint"}:
+            # Joint steps concatenate with an unlabelled batch, so keep labelled batches full (DDP: equal).
+            joint = "joint" in stages and len(s.labeled) // acc.num_processes >= cfg.batch_size
+            train["labeled"] = train_loader(s.labeled, cfg.batch_size, drop_last=joint)
+        if stages & set(SC_STAGES):
+            bs = cfg.unlabeled_batch_size if "joint" in stages else cfg.sc_batch_size
+            if len(s.unlabeled) // acc.num_processes < bs:
+                raise ValueError(f"{len(s.unlabeled)} unlabelled images cannot fill one SC batch of {bs} per process")
+            train["unlabeled"] = train_loader(s.unlabeled, bs, drop_last=True)  # SC needs N >= 2: no ragged batch
+        evals = {"test": eval_loader(s.test)}
+        if s.val is not None and len(s.val):
+            evals["val"] = eval_loader(s.val)
+        probes: dict[str, Any] = {}
+        if "pretrain" in stages:  # the kNN probe runs on the main process over whole (unsharded) sets
+            probes = {"bank": eval_loader(s.labeled), **{k: eval_loader(getattr(s, k)) for k in evals}}
+        return train, evals, probes
+
+    def _build_backbone(self) -> nn.Module:
+        cfg = self.config
+        kwargs = dict(cfg.model_kwargs)
+        return build_backbone(cfg.backbone, num_classes=self.num_classes, in_chans=cfg.channels, **kwargs)
+
+    def _sc_layers(self, backbone: nn.Module) -> list[str]:
+        if self.config.layers:
+            return list(self.config.layers)
+        sc_layer = getattr(backbone, "sc_layer", None)
+        if sc_layer is None:
+            raise ValueError(f"layers is empty and {type(backbone).__name__} names no sc_layer; set layers=")
+        return [sc_layer]
+
+    def _wrap(self, backbone: nn.Module) -> nn.Module:
+        cfg = self.config
+        if not cfg.uses_sc:
+            return backbone
+        layers = self._sc_layers(backbone)
+
+        def make_loss() -> SpatialContrastiveLoss:
+            projector = PatchProjector(out_dim=cfg.projector_dim) if cfg.projector_dim else None
+            return SpatialContrastiveLoss(
+                cfg.patch_size, distance=cfg.distance, temperature=cfg.temperature, pool=cfg.pool,
+                num_patches=cfg.num_patches, min_offset=cfg.min_offset, projector=projector,
+            )
+
+        return MultiLayerSC(backbone, layers, weights=cfg.layer_weights, loss={n: make_loss() for n in layers})
+
+    def _sc_losses(self) -> list[SpatialContrastiveLoss]:
+        wrapper = self._wrapper()
+        return list(wrapper.sc_heads.values()) if isinstance(wrapper, MultiLayerSC) else []
+
+    def _wrapper(self) -> nn.Module:
+        model = self.accelerator.unwrap_model(self.model)
+        return getattr(model, "_orig_mod", model)
+
+    def backbone(self) -> nn.Module:
+        """The trained backbone (no wrapper, no DDP, no compile)."""
+        model = self._wrapper()
+        return model.backbone if isinstance(model, MultiLayerSC) else model
+
+    def _make_optimizer(self, stage: str) -> torch.optim.Optimizer:
+        cfg = self.config
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on norms and biases
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.SGD(groups, lr=cfg.lr_for(stage), momentum=cfg.momentum)
+
+    def _steps_per_epoch(self, stage: str) -> int:
+        driver = self.loaders["unlabeled" if stage in SC_STAGES else "labeled"]
+        return math.ceil(len(driver) / self.config.grad_accum_steps)
+
+    def _total_steps(self, stage: str) -> int:
+        total = self.config.epochs_for(stage) * self._steps_per_epoch(stage)
+        return min(total, self.config.max_steps) if self.config.max_steps else total
+
+    def _make_scheduler(self, stage: str):
+        cfg, opt = self.config, self.optimizers[stage]
+        if cfg.schedule == "plateau":
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.1, patience=cfg.plateau_patience)
+        total, warmup = self._total_steps(stage), min(cfg.warmup_steps, self._total_steps(stage) - 1)
+        if cfg.schedule == "constant":
+            return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+
+        def cosine(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, cosine)
+
+    def _resume(self) -> None:
+        cfg = self.config
+        if not cfg.resume:
+            return
+        ckpt = Path(cfg.resume) if isinstance(cfg.resume, str) else self.checkpoints.latest()
+        if ckpt is None:
+            self.accelerator.print(f"resume: no checkpoint in {self.checkpoints.directory}; starting fresh")
+            return
+        if not ckpt.is_dir():
+            raise FileNotFoundError(f"resume={str(ckpt)!r} is not a checkpoint directory")
+        self.accelerator.load_state(str(ckpt))
+        self.state = read_state(ckpt)
+        self.accelerator.print(f"resumed from {ckpt} at step {self.state['global_step']}")
+        if self.accelerator.is_main_process:  # drop what the interrupted run logged after this checkpoint
+            path = self.output_dir / "metrics.jsonl"
+            if path.is_file():
+                kept = [ln for ln in path.read_text().splitlines()
+                        if ln.strip() and json.loads(ln).get("step", 0) <= self.state["global_step"]]
+                path.write_text("".join(ln + "\n" for ln in kept))
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Run every remaining stage; export the backbone; write summary.json and figures."""
+        cfg, acc, st = self.config, self.accelerator, self.state
+        start = time.time()
+        while st["stage_index"] < len(cfg.stages):
+            stage = cfg.stages[st["stage_index"]]
+            self._run_stage(stage)
+            if stage == "pretrain" and len(cfg.stages) > 1 and acc.is_main_process:
+                export_backbone(self.backbone(), self.output_dir / "pretrain_backbone.safetensors",
+                                self._export_meta())
+            st.update(stage_index=st["stage_index"] + 1, epoch=0, batch_in_epoch=0, stage_step=0,
+                      labeled_drawn=0, epoch_loss_sum=0.0, epoch_loss_count=0)
+            self.checkpoints.save(st)
+        summary = self._finish(time.time() - start)
+        acc.end_training()
+        return summary
+
+    def _run_stage(self, stage: str) -> None:
+        cfg, acc, st = self.config, self.accelerator, self.state
+        driver = self.loaders["unlabeled" if stage in SC_STAGES else "labeled"]
+        total = self._total_steps(stage)
+        labeled = _CyclingLoader(self.loaders["labeled"], st["labeled_drawn"]) if stage == "joint" else None
+        opt, sched = self.optimizers[stage], self.schedulers[stage]
+        bar = tqdm(total=total, initial=st["stage_step"], desc=stage, dynamic_ncols=True,
+                   disable=not (cfg.progress and acc.is_local_main_process))
+        stage_start, log = time.time(), _LogWindow()
+        self.model.train()
+        n_batches = len(driver)
+        for epoch in range(st["epoch"], cfg.epochs_for(stage)):
+            if st["stage_step"] >= total:
+                break
+            skip = st["batch_in_epoch"]
+            driver.batch_sampler.set_position(epoch, skip)
+            batches = iter(driver)
+            for i in range(skip, n_batches):
+                self._seed_step()  # augmentation and patch positions of this step depend on its index only
+                batch = next(batches)
+                group_start = (i // cfg.grad_accum_steps) * cfg.grad_accum_steps
+                group_size = min(cfg.grad_accum_steps, n_batches - group_start)
+                last_in_group = i == group_start + group_size - 1
+                lab_batch = next(labeled) if labeled is not None else None
+                batch, lab_batch = self._to_device(batch), self._to_device(lab_batch)
+                with acc.no_sync(self.model) if not last_in_group else nullcontext():
+                    terms, n_images = self._losses(stage, batch, lab_batch)
+                    if self._nonfinite(terms["loss"]):
+                        self._handle_nonfinite(stage, terms)
+                    else:
+                        acc.backward(terms["loss"] / group_size)
+                        log.add(terms, n_images)
+                st["batch_in_epoch"] = i + 1
+                st["batches_seen"] += 1
+                if labeled is not None:
+                    st["labeled_drawn"] = labeled.drawn
+                if not last_in_group:
+                    continue
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if cfg.schedule != "plateau":
+                    sched.step()
+                st["global_step"] += 1
+                st["stage_step"] += 1
+                bar.update(1)
+                if st["stage_step"] % cfg.log_every == 0:
+                    self._log_window(stage, epoch, log, opt, bar)
+                end_of_epoch = st["batch_in_epoch"] == n_batches
+                if cfg.checkpoint_every and st["stage_step"] % cfg.checkpoint_every == 0 and not end_of_epoch:
+                    if log.count:  # the epoch's loss sum must be complete in the saved state
+                        self._log_window(stage, epoch, log, opt, bar)
+                    self.checkpoints.save(st)
+                if st["stage_step"] >= total:
+                    break
+            if log.count:
+                self._log_window(stage, epoch, log, opt, bar)
+            self._end_epoch(stage, epoch, sched)
+        bar.close()
+        st["stage_results"].setdefault(stage, {})["wall_time_s"] = round(
+            st["stage_results"].get(stage, {}).get("wall_time_s", 0.0) + time.time() - stage_start, 2
+        )
+
+    def _seed_step(self) -> None:
+        # One seed per (run seed, micro-batch, process): a resumed run draws exactly what the
+        # uninterrupted one drew, whatever ran in between (loader start-up, evaluation, checkpointing).
+        st, acc = self.state, self.accelerator
+        set_seed((self.config.seed * 1_000_003 + st["batches_seen"] * 7919 + acc.process_index * 104_729) % 2**32)
+
+    def _to_device(self, batch):
+        if batch is None:
+            return None
+        x, y = batch
+        dev = self.accelerator.device
+        return x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+
+    def _losses(self, stage: str, batch, lab_batch) -> tuple[dict[str, Tensor], int]:
+        cfg = self.config
+        x, y = batch
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if stage in ("supervised", "finetune"):
+            out = self.model(x, compute_sc=False) if cfg.uses_sc else self.model(x)
+            logits = out.logits if isinstance(out, SCOutput) else out
+            ce = F.cross_entropy(logits.float(), y)
+            return {"loss": ce, "ce": ce}, x.shape[0]
+        if stage == "pretrain":
+            out = self.model(x, compute_sc=True)
+            terms = {"loss": out.sc_loss, "sc": out.sc_loss}
+        else:  # joint: one forward pass over labelled + unlabelled; CE on the labelled part only
+            xl, yl = lab_batch
+            out = self.model(torch.cat([xl, x]), compute_sc=True)
+            ce = F.cross_entropy(out.logits[: xl.shape[0]].float(), yl)
+            lam = self._sc_weight()
+            terms = {"loss": ce + lam * out.sc_loss, "ce": ce, "sc": out.sc_loss}
+            x = torch.cat([xl, x])
+        terms.update({f"sc/{k}": v for k, v in out.sc_losses.items()})
+        return terms, x.shape[0]
+
+    def _sc_weight(self) -> float:
+        cfg = self.config
+        if cfg.sc_rampup_steps <= 0:
+            return cfg.sc_weight
+        return cfg.sc_weight * min(1.0, self.state["stage_step"] / cfg.sc_rampup_steps)
+
+    def _nonfinite(self, loss: Tensor) -> bool:
+        bad = (~torch.isfinite(loss.detach())).float()
+        if self.accelerator.num_processes > 1:  # every process must agree to skip, or DDP hangs
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        return bool(bad > 0)
+
+    def _handle_nonfinite(self, stage: str, terms: dict[str, Tensor]) -> None:
+        st = self.state
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        if self.config.on_nonfinite == "raise":
+            latest = self.checkpoints.latest()
+            raise NonFiniteLossError(
+                f"non-finite loss at step {st['global_step'] + 1} (stage {stage!r}, epoch {st['epoch']}): "
+                f"{values}. The last good checkpoint is {latest}. Lower the lr or sc_weight, or set "
+                f"on_nonfinite='skip' to skip such steps."
+            )
+        st["nonfinite_skipped"] += 1
+        self._write_metrics({"step": st["global_step"], "stage": stage, "event": "nonfinite_skipped", **values})
+
+    # -- logging and evaluation ----------------------------------------------------------------------
+    def _log_window(self, stage: str, epoch: int, log: _LogWindow, opt, bar) -> None:
+        st = self.state
+        record = {"step": st["global_step"], "stage": stage, "epoch": epoch, **log.means()}
+        record["lr"] = opt.param_groups[0]["lr"]
+        record["img_per_s"] = round(log.images * self.accelerator.num_processes / max(log.elapsed(), 1e-9), 1)
+        if stage == "joint":
+            record["sc_weight"] = self._sc_weight()
+        record["nonfinite_skipped"] = st["nonfinite_skipped"]
+        st["epoch_loss_sum"] += log.sums.get("loss", 0.0)
+        st["epoch_loss_count"] += log.count
+        log.reset()
+        bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("loss", "ce", "sc")})
+        self._write_metrics(record)
+
+    def _write_metrics(self, record: dict[str, Any]) -> None:
+        acc = self.accelerator
+        if acc.is_main_process:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if acc.log_with:
+            acc.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"},
+                    step=record["step"])
+
+    def _end_epoch(self, stage: str, epoch: int, sched) -> None:
+        cfg, st = self.config, self.state
+        epoch_loss = st["epoch_loss_sum"] / max(1, st["epoch_loss_count"])
+        if cfg.schedule == "plateau":
+            sched.step(epoch_loss)  # the paper: lr / 10 when the loss stops decreasing
+        record: dict[str, Any] = {"step": st["global_step"], "stage": stage, "epoch": epoch, "event": "epoch_end",
+                                  "epoch_loss": epoch_loss}
+        last = epoch + 1 == cfg.epochs_for(stage) or st["stage_step"] >= self._total_steps(stage)
+        if (epoch + 1) % cfg.eval_every == 0 or last:
+            record.update(self.evaluate(stage))
+        results = st["stage_results"].setdefault(stage, {})
+        results.update({k: v for k, v in record.items() if k.endswith(("acc", "top1"))})
+        results.update(epochs=epoch + 1, steps=st["stage_step"])
+        if "val_acc" in record:
+            results["best_val_acc"] = max(results.get("best_val_acc", 0.0), record["val_acc"])
+        self._write_metrics(record)
+        st.update(epoch=epoch + 1, batch_in_epoch=0, epoch_loss_sum=0.0, epoch_loss_count=0)
+        self.checkpoints.save(st)
+
+    @torch.no_grad()
+    def accuracy(self, loader) -> float:
+        """Top-1 over a prepared loader, gathered across processes (duplicates from padding dropped)."""
+        self.model.eval()
+        correct = total = 0
+        for x, y in loader:
+            out = self.model(x, compute_sc=False) if self.config.uses_sc else self.model(x)
+            logits = out.logits if isinstance(out, SCOutput) else out
+            preds, y = self.accelerator.gather_for_metrics((logits.argmax(-1), y))
+            correct += int((preds == y).sum())
+            total += y.numel()
+        self.model.train()
+        return correct / max(1, total)
+
+    def evaluate(self, stage: str) -> dict[str, float]:
+        """Test (and val) top-1 for CE stages; a kNN probe on frozen SC-layer features during pretrain."""
+        if stage != "pretrain":
+            out = {"test_acc": self.accuracy(self.eval_loaders["test"])}
+            if "val" in self.eval_loaders:
+                out["val_acc"] = self.accuracy(self.eval_loaders["val"])
+            return out
+        return self.probe()
+
+    @torch.no_grad()
+    def probe(self) -> dict[str, float]:
+        """kNN top-1 (labelled set -> test / val) on frozen features of the first SC layer."""
+        from .evaluation import extract_features, knn_probe
+
+        acc = self.accelerator
+        out: dict[str, float] = {}
+        if acc.is_main_process:
+            backbone, layer = self.backbone(), self.config.layers[0] if self.config.layers else None
+            layer = layer or getattr(backbone, "sc_layer", None)
+            was_training = backbone.training
+            bank, bank_y = extract_features(backbone, self.probe_loaders["bank"], layer=layer, device=acc.device)
+            for name in ("test", "val"):
+                if name in self.probe_loaders:
+                    f, y = extract_features(backbone, self.probe_loaders[name], layer=layer, device=acc.device)
+                    key = "knn_top1" if name == "test" else "knn_val_top1"
+                    out[key] = knn_probe(bank, bank_y, f, y, k=self.config.knn_k, num_classes=self.num_classes)
+            backbone.train(was_training)
+        acc.wait_for_everyone()
+        return out
+
+    # -- the end -------------------------------------------------------------------------------------
+    def _export_meta(self) -> dict[str, Any]:
+        cfg = self.config
+        return {"architecture": cfg.backbone, "num_classes": self.num_classes, "in_chans": cfg.channels,
+                "class_names": list(self.splits.class_names), "sc_layers": list(cfg.layers),
+                "mode": cfg.mode, "image_size": cfg.image_size}
+
+    def _finish(self, wall_time: float) -> dict[str, Any]:
+        acc, st, cfg = self.accelerator, self.state, self.config
+        summary: dict[str, Any] = {}
+        if acc.is_main_process:
+            path = export_backbone(self.backbone(), self.output_dir / "backbone.safetensors", self._export_meta())
+            final = st["stage_results"].get(cfg.stages[-1], {})
+            summary = {
+                "mode": cfg.mode,
+                "final_test_acc": final.get("test_acc"),
+                "best_val_acc": final.get("best_val_acc"),
+                "stages": st["stage_results"],
+                "global_steps": st["global_step"],
+                "nonfinite_skipped": st["nonfinite_skipped"],
+                "wall_time_s": round(wall_time, 2),
+                "num_labeled": len(self.splits.labeled),
+                "num_unlabeled": len(self.splits.unlabeled) if self.splits.unlabeled is not None else 0,
+                "num_test": len(self.splits.test),
+                "backbone": str(path),
+                "output_dir": str(self.output_dir),
+                "figures": self._write_figures(),
+            }
+            (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        acc.wait_for_everyone()
+        return summary
+
+    def _write_figures(self) -> list[str]:
+        try:
+            from .plots import plot_first_layer_filters, plot_training_curves
+        except ImportError:
+            return []
+        try:
+            return [
+                str(plot_training_curves(self.metrics_path, self.output_dir / "training_curves.png")),
+                str(plot_first_layer_filters(self.backbone(), self.output_dir / "first_layer_filters.png")),
+            ]
+        except ImportError as e:  # matplotlib missing: figures are optional ([viz] extra)
+            self.accelerator.print(f"figures skipped: {e}")
+            return []
+
+
+class _LogWindow:
+    """Running sums of loss terms between two log lines, kept on device: no host sync per step."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._sums: dict[str, Tensor] = defaultdict(lambda: torch.zeros(()))
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.images = 0
+        self._start = time.perf_counter()
+
+    def add(self, terms: dict[str, Tensor], n_images: int) -> None:
+        for k, v in terms.items():
+            v = v.detach().float()
+            self._sums[k] = self._sums[k].to(v.device) + v
+        self.count += 1
+        self.images += n_images
+
+    def means(self) -> dict[str, float]:
+        self.sums = {k: float(v) for k, v in self._sums.items()}
+        return {k: v / max(1, self.count) for k, v in self.sums.items()}
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._start
+
+
+__all__ = ["NonFiniteLossError", "Trainer"]
