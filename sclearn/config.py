@@ -65,6 +65,11 @@ class TrainConfig:
         gather_negatives: Contrast against the patches of every process (all_gather with gradient).
         on_nonfinite: ``"raise"`` (stop, naming the step and loss terms) or ``"skip"`` the step.
         max_steps: Cap on optimizer steps per stage (smoke runs).
+
+    Evaluation:
+        eval_every: Evaluate every N epochs (and after the last). eval_test: also score the test split
+            during training; switch it off while choosing settings on the validation split.
+        knn_k: k of the kNN probe run after each SC pre-training epoch.
     """
 
     # data
@@ -118,6 +123,7 @@ class TrainConfig:
     # evaluation
     knn_k: int = 20
     eval_every: int = 1
+    eval_test: bool = True
     # run
     output_dir: str = "runs/sclearn"
     seed: int = 0

@@ -255,7 +255,7 @@ class Trainer:
             if len(s.unlabeled) // acc.num_processes < bs:
                 raise ValueError(f"{len(s.unlabeled)} unlabelled images cannot fill one SC batch of {bs} per process")
             train["unlabeled"] = train_loader(s.unlabeled, bs, drop_last=True)  # SC needs N >= 2: no ragged batch
-        evals = {"test": eval_loader(s.test)}
+        evals = {"test": eval_loader(s.test)}  # also the head-size check's example batch
         if s.val is not None and len(s.val):
             evals["val"] = eval_loader(s.val)
         probes: dict[str, Any] = {}
@@ -557,7 +557,7 @@ class Trainer:
     def evaluate(self, stage: str) -> dict[str, float]:
         """Test (and val) top-1 for CE stages; a kNN probe on frozen SC-layer features during pretrain."""
         if stage != "pretrain":
-            out = {"test_acc": self.accuracy(self.eval_loaders["test"])}
+            out = {"test_acc": self.accuracy(self.eval_loaders["test"])} if self.config.eval_test else {}
             if "val" in self.eval_loaders:
                 out["val_acc"] = self.accuracy(self.eval_loaders["val"])
             return out
@@ -575,7 +575,7 @@ class Trainer:
             layer = layer or getattr(backbone, "sc_layer", None)
             was_training = backbone.training
             bank, bank_y = extract_features(backbone, self.probe_loaders["bank"], layer=layer, device=acc.device)
-            for name in ("test", "val"):
+            for name in ("test", "val") if self.config.eval_test else ("val",):
                 if name in self.probe_loaders:
                     f, y = extract_features(backbone, self.probe_loaders[name], layer=layer, device=acc.device)
                     key = "knn_top1" if name == "test" else "knn_val_top1"

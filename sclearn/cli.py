@@ -1,0 +1,122 @@
+"""Command-line front end shared by the recipes: flags -> ``TrainConfig`` -> ``Trainer``.
+
+Every recipe is a dict of paper defaults plus ``run_recipe(defaults, description)``, so all recipes take the
+same flags and ``--help`` explains each one. Works under ``python`` and ``accelerate launch``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from .config import MODES, TrainConfig
+
+
+def _patch_size(text: str) -> int | float:
+    return float(text) if "." in text else int(text)
+
+
+def _min_offset(text: str) -> int | str:
+    return text if text == "disjoint" else int(text)
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text.lower() in ("none", "all") else int(text)
+
+
+# flag, TrainConfig field, type, help. Defaults come from the recipe.
+FLAGS: list[tuple[str, str, Any, str]] = [
+    ("--data", "data", str, "data source: a hub id, parquet:<dir>, imagefolder:<dir> or idx:<dir>"),
+    ("--protocol", "protocol", str, "paper split protocol: cifar10 | stl10 | mnist (or 'none')"),
+    ("--labels-per-class", "labels_per_class", _optional_int, "labelled images per class ('all' for every one)"),
+    ("--val-per-class", "val_per_class", int, "labelled images per class held out for model selection"),
+    ("--split-seed", "split_seed", int, "seed of the labelled-subset draw"),
+    ("--image-size", "image_size", _optional_int, "resize images to this side ('none' keeps the size)"),
+    ("--channels", "channels", int, "input channels: 3 (grayscale repeated to RGB) or 1"),
+    ("--translate", "translate", int, "random translation in pixels (pad + crop)"),
+    ("--backbone", "backbone", str, "timm model name, or torchvision:<name>"),
+    ("--mode", "mode", str, f"what to train: {' | '.join(MODES)}"),
+    ("--pretrain-epochs", "pretrain_epochs", int, "epochs of SC pre-training (pretrain / two_stage)"),
+    ("--epochs", "epochs", int, "epochs of the supervised, finetune or joint stage"),
+    ("--batch-size", "batch_size", int, "labelled images per step (and SC images per pretrain step)"),
+    ("--pretrain-batch-size", "pretrain_batch_size", _optional_int, "images per SC pretrain step"),
+    ("--unlabeled-ratio", "unlabeled_ratio", float, "joint: unlabelled images per labelled image in a step"),
+    ("--lr", "lr", float, "lr of the supervised / finetune / joint stage (default: 0.01 finetune, else 0.1)"),
+    ("--pretrain-lr", "pretrain_lr", float, "lr of SC pre-training (paper: 0.1)"),
+    ("--weight-decay", "weight_decay", float, "SGD weight decay"),
+    ("--schedule", "schedule", str, "lr schedule: plateau (paper) | cosine | constant"),
+    ("--warmup-steps", "warmup_steps", int, "linear warm-up steps for the cosine schedule"),
+    ("--sc-weight", "sc_weight", float, "joint: lambda in CE + lambda * SC"),
+    ("--sc-rampup-steps", "sc_rampup_steps", int, "joint: ramp lambda linearly from 0 over this many steps"),
+    ("--patch-size", "patch_size", _patch_size, "SC patch side: int cells or a fraction of the map side"),
+    ("--distance", "distance", str, "SC distance: l2 (paper) | sqeuclidean | cosine"),
+    ("--temperature", "temperature", float, "SC softmax temperature (paper: 1)"),
+    ("--pool", "pool", str, "patch vector: flatten (paper) | mean"),
+    ("--num-patches", "num_patches", int, "patches per image (paper: 2)"),
+    ("--min-offset", "min_offset", _min_offset, "min distance in cells between an image's patches, or 'disjoint'"),
+    ("--projector-dim", "projector_dim", _optional_int, "width of an optional per-cell projector ('none': off)"),
+    ("--grad-accum-steps", "grad_accum_steps", int, "micro-batches per optimizer step"),
+    ("--mixed-precision", "mixed_precision", str, "no | bf16 | fp16 (accelerate launch's flag also works)"),
+    ("--max-steps", "max_steps", _optional_int, "cap on optimizer steps per stage, for smoke runs"),
+    ("--num-workers", "num_workers", int, "DataLoader worker processes"),
+    ("--output-dir", "output_dir", str, "run directory: checkpoints, metrics, exported backbone, figures"),
+    ("--init-from", "init_from", str, "finetune: a run dir, checkpoint dir or backbone .safetensors"),
+    ("--checkpoint-every", "checkpoint_every", _optional_int, "save a checkpoint every N steps (also each epoch)"),
+    ("--seed", "seed", int, "global seed (model init, shuffling, augmentation, patch positions)"),
+    ("--knn-k", "knn_k", int, "k of the kNN probe run during SC pre-training"),
+]
+
+
+def build_parser(defaults: dict[str, Any], description: str) -> argparse.ArgumentParser:
+    """An argparse parser whose defaults are the recipe's; ``--help`` shows them."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    base = TrainConfig(**{k: v for k, v in defaults.items() if k != "mode"}, mode="supervised").to_dict()
+    base["mode"] = defaults.get("mode", "supervised")
+    for flag, name, kind, help_text in FLAGS:
+        parser.add_argument(flag, dest=name, type=kind, default=base[name], help=help_text)
+    parser.add_argument("--layers", nargs="+", default=list(base["layers"]),
+                        help="layer names (from named_modules()) to attach SC to")
+    parser.add_argument("--no-hflip", dest="hflip", action="store_false", default=base["hflip"],
+                        help="switch off random horizontal flips (digits)")
+    parser.add_argument("--resume", nargs="?", const=True, default=False,
+                        help="continue the run in --output-dir (or from the given checkpoint dir)")
+    parser.add_argument("--overwrite", action="store_true", help="delete --output-dir first if it holds a run")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=True,
+                        help="no progress bars")
+    parser.add_argument("--report-to", dest="report_to", default="auto",
+                        help="accelerate tracker: auto (tensorboard when installed) | none | wandb ...")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = vars(args).copy()
+    values.pop("overwrite", None)
+    if values.get("protocol") in ("none", ""):
+        values["protocol"] = None
+    values["layers"] = tuple(values["layers"])
+    return TrainConfig(**values)
+
+
+def run_recipe(defaults: dict[str, Any], description: str, argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parse flags over ``defaults``, train, print the summary as JSON and return it."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    from .train import Trainer
+
+    args = build_parser(defaults, description).parse_args(argv)
+    config = config_from_args(args)
+    rank0 = os.environ.get("RANK", "0") == "0"  # under accelerate launch only rank 0 deletes
+    if args.overwrite and rank0 and Path(config.output_dir).exists() and not config.resume:
+        shutil.rmtree(config.output_dir)
+    trainer = Trainer(config)
+    summary = trainer.fit()
+    if trainer.accelerator.is_main_process:
+        print(json.dumps({k: summary[k] for k in ("mode", "final_test_acc", "best_val_acc", "output_dir",
+                                                  "wall_time_s", "figures")}, indent=2))
+    return summary

@@ -1,0 +1,81 @@
+"""Every recipe runs end to end on local fixtures with the hub schemas, under python and accelerate launch."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ["--max-steps", "2", "--batch-size", "8", "--epochs", "1", "--pretrain-epochs", "1", "--no-progress",
+         "--report-to", "none", "--checkpoint-every", "none"]
+
+
+def run(args: list[str], tmp_path: Path, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "hf"), "HF_DATASETS_OFFLINE": "1",
+           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "250"}
+    cmd = (launcher or [sys.executable]) + args
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def check_run(proc: subprocess.CompletedProcess, out: Path) -> dict:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    for name in ["training_curves.png", "first_layer_filters.png", "backbone.safetensors", "metrics.jsonl"]:
+        assert (out / name).is_file(), name
+    assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return summary
+
+
+@pytest.mark.parametrize(
+    ("recipe", "fixture", "extra"),
+    [
+        ("recipes/stl10_two_stage.py", "stl_parquet_dir", []),
+        ("recipes/cifar10_two_stage.py", "cifar_parquet_dir", ["--labels-per-class", "20"]),
+        ("recipes/cifar10_joint.py", "cifar_parquet_dir", []),
+        ("recipes/mnist_two_stage.py", "mnist_parquet_dir", []),
+    ],
+)
+def test_recipe_runs_end_to_end(recipe, fixture, extra, request, tmp_path):
+    data = request.getfixturevalue(fixture)
+    out = tmp_path / "run"
+    proc = run([recipe, "--data", f"parquet:{data}", "--output-dir", str(out), *SMOKE, *extra], tmp_path)
+    summary = check_run(proc, out)
+    assert summary["global_steps"] >= 2
+    printed = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert printed["output_dir"] == str(out)
+
+
+def test_recipe_help_explains_every_flag(tmp_path):
+    proc = run(["recipes/cifar10_joint.py", "--help"], tmp_path)
+    assert proc.returncode == 0
+    for flag in ["--data", "--backbone", "--layers", "--labels-per-class", "--epochs", "--pretrain-epochs",
+                 "--batch-size", "--lr", "--seed", "--output-dir", "--resume", "--max-steps", "--image-size",
+                 "--channels", "--sc-weight", "--patch-size", "--distance", "--mode"]:
+        assert flag in proc.stdout, flag
+    assert "uoft-cs/cifar10" in proc.stdout  # the paper default is shown
+
+
+def test_fashion_mnist_stand_in_with_any_timm_backbone(idx_dir, tmp_path):
+    out = tmp_path / "r18"
+    proc = run(["recipes/cifar10_joint.py", "--data", f"idx:{idx_dir}", "--protocol", "none", "--labels-per-class",
+                "5", "--backbone", "resnet18", "--layers", "layer2", "layer3", "--image-size", "32", "--channels", "3",
+                "--no-hflip", "--output-dir", str(out), *SMOKE], tmp_path)
+    summary = check_run(proc, out)
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("sc/layer2" in r and "sc/layer3" in r for r in metrics)
+    assert summary["num_labeled"] == 50
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_processes(idx_dir, tmp_path):
+    out = tmp_path / "ddp"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    proc = run(["recipes/cifar10_joint.py", "--data", f"idx:{idx_dir}", "--protocol", "none", "--labels-per-class",
+                "10", "--backbone", "sc_mnist", "--layers", "stages.1", "--channels", "1", "--image-size", "28",
+                "--no-hflip", "--output-dir", str(out), *SMOKE, "--max-steps", "3"], tmp_path, launcher)
+    summary = check_run(proc, out)
+    assert summary["global_steps"] == 3
