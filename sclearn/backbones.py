@@ -41,7 +41,9 @@ def build_backbone(name: str, *, num_classes: int, in_chans: int = 3, **kwargs: 
             raise ValueError(f"unknown torchvision model {tv_name!r}; see torchvision.models.list_models()")
         return torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes, **kwargs)
     if not timm.is_model(name):
-        close = timm.list_models(f"*{name}*")[:8]
+        import difflib
+
+        close = difflib.get_close_matches(name, timm.list_models(), n=6, cutoff=0.6)
         raise ValueError(
             f"unknown model {name!r}. timm models like it: {close}. For torchvision prefix the name with "
             f"{TORCHVISION_PREFIX!r}, e.g. 'torchvision:resnet18'."

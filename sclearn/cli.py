@@ -66,6 +66,7 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--checkpoint-every", "checkpoint_every", _optional_int, "save a checkpoint every N steps (also each epoch)"),
     ("--seed", "seed", int, "global seed (model init, shuffling, augmentation, patch positions)"),
     ("--knn-k", "knn_k", int, "k of the kNN probe run during SC pre-training"),
+    ("--eval-every", "eval_every", int, "evaluate every N epochs (the last epoch always)"),
 ]
 
 

@@ -212,7 +212,11 @@ class TrainConfig:
         return cls(**d)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
+        """Write as JSON atomically (temp file + rename), so a kill never leaves half a config."""
+        path = Path(path)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
+        tmp.replace(path)
 
     def flat(self) -> dict[str, int | float | str | bool]:
         """Tracker-safe view: trackers accept only flat int/float/str/bool values (accelerate #3063)."""

@@ -343,18 +343,29 @@ class Trainer:
         ckpt = Path(cfg.resume) if isinstance(cfg.resume, str) else self.checkpoints.latest()
         if ckpt is None:
             self.accelerator.print(f"resume: no checkpoint in {self.checkpoints.directory}; starting fresh")
+            self._truncate_metrics(-1)
             return
         if not ckpt.is_dir():
             raise FileNotFoundError(f"resume={str(ckpt)!r} is not a checkpoint directory")
         self.accelerator.load_state(str(ckpt))
         self.state = read_state(ckpt)
         self.accelerator.print(f"resumed from {ckpt} at step {self.state['global_step']}")
-        if self.accelerator.is_main_process:  # drop what the interrupted run logged after this checkpoint
-            path = self.output_dir / "metrics.jsonl"
-            if path.is_file():
-                kept = [ln for ln in path.read_text().splitlines()
-                        if ln.strip() and json.loads(ln).get("step", 0) <= self.state["global_step"]]
-                path.write_text("".join(ln + "\n" for ln in kept))
+        self._truncate_metrics(self.state["global_step"])
+
+    def _truncate_metrics(self, last_step: int) -> None:
+        """Drop what an interrupted run logged after its checkpoint (and a line cut short by a kill)."""
+        path = self.output_dir / "metrics.jsonl"
+        if not (self.accelerator.is_main_process and path.is_file()):
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("step", 0) <= last_step:
+                kept.append(line)
+        path.write_text("".join(line + "\n" for line in kept))
 
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:

@@ -250,6 +250,20 @@ def test_head_size_mismatch(idx_dir, tmp_path):
         Trainer(tiny_config(idx_dir, tmp_path), model=model)
 
 
+def test_bf16_where_unsupported_is_refused(idx_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with pytest.raises(ValueError, match="bf16.*not supported by this GPU"):
+        Trainer(tiny_config(idx_dir, tmp_path, mixed_precision="bf16"))
+
+
+def test_unknown_backbone_names_close_matches():
+    from sclearn.backbones import build_backbone
+
+    with pytest.raises(ValueError, match=r"unknown model 'resnet_18'.*'resnet18'"):
+        build_backbone("resnet_18", num_classes=10)
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="mode='bogus' is not one of"):
         TrainConfig(mode="bogus")
