@@ -15,8 +15,25 @@ from .wrapper import MultiLayerSC, SCOutput
 
 __version__ = "0.1.0"
 
+# The trainer pulls in accelerate and datasets; load it on first use so `import sclearn` stays light.
+_LAZY = {"Trainer": ("train", "Trainer"), "TrainConfig": ("config", "TrainConfig"),
+         "NonFiniteLossError": ("train", "NonFiniteLossError"), "probe_checkpoint": ("probe", "probe_checkpoint")}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
+    raise AttributeError(f"module 'sclearn' has no attribute {name!r}")
+
 __all__ = [
     "MultiLayerSC",
+    "NonFiniteLossError",
+    "TrainConfig",
+    "Trainer",
+    "probe_checkpoint",
     "evaluate_accuracy",
     "extract_features",
     "knn_probe",

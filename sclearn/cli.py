@@ -81,6 +81,10 @@ def build_parser(defaults: dict[str, Any], description: str) -> argparse.Argumen
         parser.add_argument(flag, dest=name, type=kind, default=base[name], help=help_text)
     parser.add_argument("--layers", nargs="+", default=list(base["layers"]),
                         help="layer names (from named_modules()) to attach SC to")
+    parser.add_argument("--layer-patch-sizes", nargs="+", type=_patch_size, default=None,
+                        help="one SC patch size per --layers entry (overrides --patch-size)")
+    parser.add_argument("--layer-weights", nargs="+", type=float, default=None,
+                        help="one SC weight per --layers entry (default 1 each)")
     parser.add_argument("--no-hflip", dest="hflip", action="store_false", default=base["hflip"],
                         help="switch off random horizontal flips (digits)")
     parser.add_argument("--resume", nargs="?", const=True, default=False,
@@ -99,6 +103,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if values.get("protocol") in ("none", ""):
         values["protocol"] = None
     values["layers"] = tuple(values["layers"])
+    for name in ("layer_patch_sizes", "layer_weights"):
+        if values.get(name) is not None:
+            values[name] = tuple(values[name])
     return TrainConfig(**values)
 
 

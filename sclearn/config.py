@@ -50,6 +50,7 @@ class TrainConfig:
 
     SC loss (see :class:`sclearn.SpatialContrastiveLoss`):
         patch_size, distance, temperature, pool, num_patches, min_offset, projector_dim.
+        layer_patch_sizes: One patch size per entry of ``layers`` (overrides ``patch_size``).
 
     Optimisation:
         mode: ``supervised`` | ``pretrain`` | ``finetune`` | ``two_stage`` | ``joint``.
@@ -91,6 +92,7 @@ class TrainConfig:
     init_from: Optional[str] = None
     # SC loss
     patch_size: Union[int, float] = 0.55
+    layer_patch_sizes: Optional[tuple[Union[int, float], ...]] = None
     distance: str = "l2"
     temperature: float = 1.0
     pool: str = "flatten"
@@ -138,6 +140,8 @@ class TrainConfig:
         self.layers = tuple(self.layers)
         if self.layer_weights is not None:
             self.layer_weights = tuple(float(w) for w in self.layer_weights)
+        if self.layer_patch_sizes is not None:
+            self.layer_patch_sizes = tuple(self.layer_patch_sizes)
         self.validate()
 
     def validate(self) -> None:
@@ -163,8 +167,10 @@ class TrainConfig:
             raise ValueError("TrainConfig.temperature and unlabeled_ratio must be > 0")
         if self.uses_sc and self.sc_batch_size < 2:
             raise ValueError(f"SC needs batches of at least 2 images, got {self.sc_batch_size}")
-        if self.layer_weights is not None and self.layers and len(self.layer_weights) != len(self.layers):
-            raise ValueError(f"{len(self.layer_weights)} layer_weights for {len(self.layers)} layers")
+        for name in ("layer_weights", "layer_patch_sizes"):
+            values = getattr(self, name)
+            if values is not None and self.layers and len(values) != len(self.layers):
+                raise ValueError(f"{len(values)} {name} for {len(self.layers)} layers {list(self.layers)}")
         if self.mode == "finetune" and not self.init_from:
             raise ValueError(
                 "mode='finetune' starts from pretrained weights: set init_from to a run dir, a "

@@ -282,14 +282,17 @@ class Trainer:
             return backbone
         layers = self._sc_layers(backbone)
 
-        def make_loss() -> SpatialContrastiveLoss:
+        sizes = cfg.layer_patch_sizes or (cfg.patch_size,) * len(layers)
+
+        def make_loss(patch_size) -> SpatialContrastiveLoss:
             projector = PatchProjector(out_dim=cfg.projector_dim) if cfg.projector_dim else None
             return SpatialContrastiveLoss(
-                cfg.patch_size, distance=cfg.distance, temperature=cfg.temperature, pool=cfg.pool,
+                patch_size, distance=cfg.distance, temperature=cfg.temperature, pool=cfg.pool,
                 num_patches=cfg.num_patches, min_offset=cfg.min_offset, projector=projector,
             )
 
-        return MultiLayerSC(backbone, layers, weights=cfg.layer_weights, loss={n: make_loss() for n in layers})
+        losses = {n: make_loss(size) for n, size in zip(layers, sizes)}
+        return MultiLayerSC(backbone, layers, weights=cfg.layer_weights, loss=losses)
 
     def _sc_losses(self) -> list[SpatialContrastiveLoss]:
         wrapper = self._wrapper()

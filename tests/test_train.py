@@ -275,3 +275,30 @@ def test_config_errors():
         if torch.cuda.is_available():
             pytest.skip("fp16 is valid on CUDA")
         Trainer(TrainConfig(mixed_precision="fp16", data="idx:/nonexistent"))
+
+
+def test_per_layer_patch_sizes_and_weights(idx_dir, tmp_path):
+    cfg = tiny_config(idx_dir, tmp_path, mode="joint", layers=("stages.0", "stages.1"), layer_patch_sizes=(5, 0.5),
+                      layer_weights=(0.5, 2.0), max_steps=1, epochs=1)
+    trainer = Trainer(cfg)
+    wrapper = trainer._wrapper()
+    assert wrapper.loss_for("stages.0").patch_size == 5 and wrapper.loss_for("stages.1").patch_size == 0.5
+    assert wrapper.weights == {"stages.0": 0.5, "stages.1": 2.0}
+    trainer.fit()
+    with pytest.raises(ValueError, match="1 layer_patch_sizes for 2 layers"):
+        TrainConfig(layers=("a", "b"), layer_patch_sizes=(3,))
+
+
+def test_probe_any_checkpoint_beats_nothing_and_reports_random_baseline(idx_dir, tmp_path):
+    from sclearn.checkpoint import list_checkpoints as ckpts
+    from sclearn.probe import probe_checkpoint
+
+    cfg = tiny_config(idx_dir, tmp_path, mode="pretrain", pretrain_epochs=1)
+    Trainer(cfg).fit()
+    run = Path(cfg.output_dir)
+    for source in [run, ckpts(run / "checkpoints")[-1], run / "backbone.safetensors"]:
+        result = probe_checkpoint(source, random_baseline=True)
+        assert result["layer"] == "stages.1" and result["feature_dim"] == 64 * 4
+        for key in ["linear_top1", "knn_top1", "random_linear_top1", "random_knn_top1"]:
+            assert 0.0 <= result[key] <= 1.0
+        assert result["linear_top1"] > 0.2  # the fixture's classes are easy; chance is 0.1
