@@ -70,7 +70,8 @@ def check_head(model: nn.Module, example: torch.Tensor, num_classes: int) -> Non
 
 
 def export_backbone(backbone: nn.Module, path: str | Path, meta: dict[str, Any]) -> Path:
-    """Write ``backbone.state_dict()`` as safetensors plus a JSON sidecar (``<path>.json``) with ``meta``."""
+    """Write ``backbone.state_dict()`` as safetensors, plus ``meta`` as JSON beside it (``x.safetensors`` ->
+    ``x.json``)."""
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in backbone.state_dict().items()}
     tmp = path.with_suffix(".tmp")
@@ -80,10 +81,29 @@ def export_backbone(backbone: nn.Module, path: str | Path, meta: dict[str, Any])
     return path
 
 
+def _strip_wrappers(key: str) -> str:
+    """Drop the prefixes that torch.compile (``_orig_mod.``) and DDP/DataParallel (``module.``) add."""
+    while key.startswith(("_orig_mod.", "module.")):
+        key = key.split(".", 1)[1]
+    return key
+
+
+def _classifier_prefixes(backbone: nn.Module) -> tuple[str, ...]:
+    """Key prefixes of the classifier, whose shape may legitimately differ (another class count)."""
+    names = {"fc.", "classifier.", "head.", "heads."}
+    classifier = (getattr(backbone, "pretrained_cfg", None) or {}).get("classifier")
+    for name in [classifier] if isinstance(classifier, str) else (classifier or []):
+        names.add(name + ".")
+        if "." in name:
+            names.add(name.rsplit(".", 1)[0] + ".")  # e.g. head.fc -> head. (its BN is class-sized too)
+    return tuple(names)
+
+
 def load_backbone_weights(backbone: nn.Module, source: str | Path) -> list[str]:
     """Load weights into ``backbone`` from an exported file, a run dir or a trainer checkpoint dir.
 
-    Classifier tensors whose shape differs (another class count) are skipped and stay freshly initialised.
+    Classifier tensors whose shape differs (another class count) are skipped and stay freshly initialised;
+    any other shape difference is an error.
 
     Returns:
         The names of the skipped tensors.
@@ -98,11 +118,19 @@ def load_backbone_weights(backbone: nn.Module, source: str | Path) -> list[str]:
             raise FileNotFoundError(f"{source} holds neither backbone.safetensors nor model.safetensors")
     if not source.is_file():
         raise FileNotFoundError(f"init_from={str(source)!r} does not exist")
-    state = load_file(str(source))
+    state = {_strip_wrappers(k): v for k, v in load_file(str(source)).items()}
     if any(k.startswith("backbone.") for k in state):  # a trainer checkpoint of the whole wrapper
         state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     own = backbone.state_dict()
     skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    heads = _classifier_prefixes(backbone)
+    not_head = [k for k in skipped if not k.startswith(heads)]
+    if not_head:
+        raise ValueError(
+            f"{source} has different shapes outside the classifier ({not_head[:3]}: file "
+            f"{tuple(state[not_head[0]].shape)}, model {tuple(own[not_head[0]].shape)}). Build the model as it "
+            f"was trained (same architecture, in_chans/channels and options)."
+        )
     state = {k: v for k, v in state.items() if k not in skipped}
     missing, unexpected = backbone.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if k not in skipped]:

@@ -67,5 +67,6 @@ def resumable_loader(loader: DataLoader, *, seed: int, drop_last: bool, rank: in
         persistent_workers=loader.persistent_workers,
         worker_init_fn=loader.worker_init_fn,
         # Starting an iterator draws a base seed; from its own generator it leaves the global RNG alone.
-        generator=torch.Generator().manual_seed(seed),
+        # Per rank, so that workers of different processes draw different augmentations.
+        generator=torch.Generator().manual_seed(seed * 1_000_003 + 7919 * rank),
     )

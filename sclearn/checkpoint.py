@@ -67,6 +67,7 @@ class CheckpointManager:
         tmp, final = self.directory / f".tmp-{name}", self.directory / name
         self.accelerator.wait_for_everyone()
         self.accelerator.save_state(str(tmp), safe_serialization=True)
+        self.accelerator.wait_for_everyone()  # every process's RNG file is in tmp before it becomes visible
         if self.accelerator.is_main_process:
             state_path = tmp / STATE_FILE
             state_path.write_text(json.dumps(trainer_state, indent=2, sort_keys=True))

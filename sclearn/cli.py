@@ -67,6 +67,9 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--seed", "seed", int, "global seed (model init, shuffling, augmentation, patch positions)"),
     ("--knn-k", "knn_k", int, "k of the kNN probe run during SC pre-training"),
     ("--eval-every", "eval_every", int, "evaluate every N epochs (the last epoch always)"),
+    ("--plateau-patience", "plateau_patience", int, "plateau schedule: epochs without improvement before lr / 10"),
+    ("--keep-checkpoints", "keep_checkpoints", int, "how many complete checkpoints to keep"),
+    ("--on-nonfinite", "on_nonfinite", str, "on a NaN/inf loss: raise (stop, keep the last checkpoint) | skip"),
 ]
 
 
@@ -90,6 +93,14 @@ def build_parser(defaults: dict[str, Any], description: str) -> argparse.Argumen
     parser.add_argument("--resume", nargs="?", const=True, default=False,
                         help="continue the run in --output-dir (or from the given checkpoint dir)")
     parser.add_argument("--overwrite", action="store_true", help="delete --output-dir first if it holds a run")
+    for flag, name, help_text in [
+        ("--gather-negatives", "gather_negatives", "contrast against the patches of every process (DDP)"),
+        ("--compile", "compile", "torch.compile the model (hooks are registered first)"),
+        ("--channels-last", "channels_last", "channels_last memory format"),
+    ]:
+        parser.add_argument(flag, dest=name, action="store_true", default=base[name], help=help_text)
+    parser.add_argument("--no-eval-test", dest="eval_test", action="store_false", default=base["eval_test"],
+                        help="do not score the test split during training (choose settings on --val-per-class)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=True,
                         help="no progress bars")
     parser.add_argument("--report-to", dest="report_to", default="auto",

@@ -22,7 +22,8 @@ DEFAULT_LR: dict[str, float] = {"pretrain": 0.1, "finetune": 0.01, "supervised":
 
 # Fields that may change between a run and its resumption without changing what is computed.
 RESUMABLE_FIELDS = frozenset(
-    {"resume", "num_workers", "log_every", "report_to", "checkpoint_every", "keep_checkpoints", "progress"}
+    {"resume", "num_workers", "log_every", "report_to", "checkpoint_every", "keep_checkpoints", "progress",
+     "output_dir"}
 )
 
 

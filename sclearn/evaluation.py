@@ -13,7 +13,7 @@ All loaders yield ``(images, labels)`` (a tuple/list, or a dict with "image"/"la
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -63,7 +63,8 @@ def _final_features(model: nn.Module, images: Tensor) -> Tensor:
     return _pool_map(model(images), None)
 
 
-def _layer_features(model: nn.Module, module: nn.Module, images: Tensor, pool: int | None) -> Tensor:
+def _layer_features(model: nn.Module, module: nn.Module, images: Tensor, pool: int | None,
+                    to_map: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Run ``model`` up to ``module`` (a forward hook stops the pass there) and pool its output."""
     store: list[Tensor] = []
 
@@ -80,7 +81,8 @@ def _layer_features(model: nn.Module, module: nn.Module, images: Tensor, pool: i
         handle.remove()
     if not store:
         raise RuntimeError("the probed layer was not called in the forward pass")
-    return _pool_map(store[0], pool)
+    out = store[0] if to_map is None else to_map(store[0], tuple(images.shape[-2:]))  # (B, C, H, W)
+    return _pool_map(out, pool)
 
 
 @torch.no_grad()
@@ -92,6 +94,7 @@ def extract_features(
     pool: int | None = 2,
     device: torch.device | str | None = None,
     max_batches: int | None = None,
+    to_map: Callable[..., Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Features of a frozen model for every sample of ``loader``.
 
@@ -106,6 +109,8 @@ def extract_features(
         pool: output grid side for a layer's map; ``None`` means global average pooling.
         device: where to run; default: the model's device.
         max_batches: stop after this many batches.
+        to_map: ``(layer_output, input_hw) -> (B, C, H, W)`` for layers that give NHWC maps or tokens, e.g. a
+            :class:`sclearn.layouts.FeatureLayout` (``MultiLayerSC`` keeps one per hooked layer).
 
     Returns:
         ``(features, labels)``: float32 (N, D) and int64 (N,), on the CPU.
@@ -129,7 +134,7 @@ def extract_features(
             f = (
                 _final_features(model, images)
                 if module is None
-                else _layer_features(model, module, images, pool)
+                else _layer_features(model, module, images, pool, to_map)
             )
             feats.append(f.float().cpu())  # (B, D)
             labels.append(y.long().cpu())  # (B,)

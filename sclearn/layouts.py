@@ -62,6 +62,8 @@ class FeatureLayout:
         self.name = name
         self.layout = layout
         self.channels = known_channels(backbone, name, module)
+        # timm models whose stages give NHWC say so (swin: output_fmt = "NHWC"); it breaks H == C ties.
+        self.output_fmt = str(getattr(backbone, "output_fmt", "")).upper() or None
         self.num_prefix_tokens = getattr(backbone, "num_prefix_tokens", None)
         patch_embed = getattr(backbone, "patch_embed", None)
         self.patch_size = _pair(getattr(patch_embed, "patch_size", None))
@@ -95,8 +97,12 @@ class FeatureLayout:
                 f"features: hook an earlier layer (e.g. a stage or block, not the pooled head)."
             )
         c = self.channels
+        if c is not None and x.shape[1] == c and x.shape[3] == c:  # H == C or W == C: dims alone can't tell
+            if self.output_fmt in ("NCHW", "NHWC"):
+                return self.output_fmt.lower()
+            raise self._fail(x, f"both dim 1 and dim 3 equal its {c} channels")
         if c is not None and x.shape[1] == c:
-            return "nchw"  # also wins a C == W tie: NCHW is the convention of conv layers
+            return "nchw"
         if c is not None and x.shape[3] == c:
             return "nhwc"
         if x.shape[2] == x.shape[3] and x.shape[1] != x.shape[2]:

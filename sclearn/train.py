@@ -139,7 +139,7 @@ class Trainer:
         self.state: dict[str, Any] = {
             "stage_index": 0, "epoch": 0, "batch_in_epoch": 0, "global_step": 0, "stage_step": 0,
             "labeled_drawn": 0, "batches_seen": 0, "nonfinite_skipped": 0, "stage_results": {}, "epoch_loss_sum": 0.0,
-            "epoch_loss_count": 0,
+            "epoch_loss_count": 0, "num_processes": acc.num_processes,
         }
         self._resume()
         self.metrics_path = self.output_dir / "metrics.jsonl"
@@ -350,8 +350,15 @@ class Trainer:
             return
         if not ckpt.is_dir():
             raise FileNotFoundError(f"resume={str(ckpt)!r} is not a checkpoint directory")
+        saved = read_state(ckpt)
+        if saved.get("num_processes", 1) != self.accelerator.num_processes:
+            # Shards, batches per epoch and the position inside the epoch all depend on the process count.
+            raise ValueError(
+                f"{ckpt} was written by {saved.get('num_processes', 1)} process(es); resume it with the same "
+                f"number (now {self.accelerator.num_processes})"
+            )
         self.accelerator.load_state(str(ckpt))
-        self.state = read_state(ckpt)
+        self.state = saved
         self.accelerator.print(f"resumed from {ckpt} at step {self.state['global_step']}")
         self._truncate_metrics(self.state["global_step"])
 
@@ -405,6 +412,7 @@ class Trainer:
             skip = st["batch_in_epoch"]
             driver.batch_sampler.set_position(epoch, skip)
             batches = iter(driver)
+            group_bad, group_terms = None, []
             for i in range(skip, n_batches):
                 self._seed_step()  # augmentation and patch positions of this step depend on its index only
                 batch = next(batches)
@@ -415,19 +423,25 @@ class Trainer:
                 batch, lab_batch = self._to_device(batch), self._to_device(lab_batch)
                 with acc.no_sync(self.model) if not last_in_group else nullcontext():
                     terms, n_images = self._losses(stage, batch, lab_batch)
-                    if self._nonfinite(terms["loss"]):
-                        self._handle_nonfinite(stage, terms)
-                    else:
-                        acc.backward(terms["loss"] / group_size)
-                        log.add(terms, n_images)
+                    acc.backward(terms["loss"] / group_size)
+                # A device-side flag: the host looks at it once per optimizer step, not per micro-batch.
+                bad = ~torch.isfinite(terms["loss"].detach())
+                group_bad = bad if group_bad is None else group_bad | bad
+                group_terms.append(({k: v.detach() for k, v in terms.items()}, n_images))
                 st["batch_in_epoch"] = i + 1
                 st["batches_seen"] += 1
                 if labeled is not None:
                     st["labeled_drawn"] = labeled.drawn
                 if not last_in_group:
                     continue
-                opt.step()
+                if self._any_process(group_bad):  # the whole group is dropped, on every process alike
+                    self._handle_nonfinite(stage, group_terms)
+                else:
+                    opt.step()
+                    for micro_terms, n in group_terms:
+                        log.add(micro_terms, n)
                 opt.zero_grad(set_to_none=True)
+                group_bad, group_terms = None, []
                 if cfg.schedule != "plateau":
                     sched.step()
                 st["global_step"] += 1
@@ -440,11 +454,13 @@ class Trainer:
                     if log.count:  # the epoch's loss sum must be complete in the saved state
                         self._log_window(stage, epoch, log, opt, bar)
                     self.checkpoints.save(st)
+                    log.restart_clock()  # img/s measures training steps, not checkpoint writes
                 if st["stage_step"] >= total:
                     break
             if log.count:
                 self._log_window(stage, epoch, log, opt, bar)
             self._end_epoch(stage, epoch, sched)
+            log.restart_clock()
         bar.close()
         st["stage_results"].setdefault(stage, {})["wall_time_s"] = round(
             st["stage_results"].get(stage, {}).get("wall_time_s", 0.0) + time.time() - stage_start, 2
@@ -474,7 +490,8 @@ class Trainer:
             ce = F.cross_entropy(logits.float(), y)
             return {"loss": ce, "ce": ce}, x.shape[0]
         if stage == "pretrain":
-            out = self.model(x, compute_sc=True)
+            # No logits: under DDP the head must look unused, since the SC-only loss sends it no gradient.
+            out = self.model(x, compute_sc=True, return_logits=False)
             terms = {"loss": out.sc_loss, "sc": out.sc_loss}
         else:  # joint: one forward pass over labelled + unlabelled; CE on the labelled part only
             xl, yl = lab_batch
@@ -492,36 +509,41 @@ class Trainer:
             return cfg.sc_weight
         return cfg.sc_weight * min(1.0, self.state["stage_step"] / cfg.sc_rampup_steps)
 
-    def _nonfinite(self, loss: Tensor) -> bool:
-        bad = (~torch.isfinite(loss.detach())).float()
-        if self.accelerator.num_processes > 1:  # every process must agree to skip, or DDP hangs
-            bad = self.accelerator.reduce(bad, reduction="sum")
-        return bool(bad > 0)
+    def _any_process(self, flag: Tensor) -> bool:
+        """True when ``flag`` is set on any process: all must agree to skip a step, or DDP would hang."""
+        flag = flag.float()
+        if self.accelerator.num_processes > 1:
+            flag = self.accelerator.reduce(flag, reduction="sum")
+        return bool(flag > 0)
 
-    def _handle_nonfinite(self, stage: str, terms: dict[str, Tensor]) -> None:
+    def _handle_nonfinite(self, stage: str, group_terms: list[tuple[dict[str, Tensor], int]]) -> None:
         st = self.state
-        values = {k: float(v.detach()) for k, v in terms.items()}
+        step = st["global_step"] + 1  # the step being dropped
+        # Name the loss terms of the first bad micro-batch (on this process; another may hold the NaN).
+        terms = next((t for t, _ in group_terms if not torch.isfinite(t["loss"])), group_terms[-1][0])
+        values = {k: float(v) for k, v in terms.items()}
         if self.config.on_nonfinite == "raise":
             latest = self.checkpoints.latest()
             raise NonFiniteLossError(
-                f"non-finite loss at step {st['global_step'] + 1} (stage {stage!r}, epoch {st['epoch']}): "
+                f"non-finite loss at step {step} (stage {stage!r}, epoch {st['epoch']}): "
                 f"{values}. The last good checkpoint is {latest}. Lower the lr or sc_weight, or set "
                 f"on_nonfinite='skip' to skip such steps."
             )
         st["nonfinite_skipped"] += 1
-        self._write_metrics({"step": st["global_step"], "stage": stage, "event": "nonfinite_skipped", **values})
+        self._write_metrics({"step": step, "stage": stage, "event": "nonfinite_skipped", **values})
 
     # -- logging and evaluation ----------------------------------------------------------------------
     def _log_window(self, stage: str, epoch: int, log: _LogWindow, opt, bar) -> None:
         st = self.state
-        record = {"step": st["global_step"], "stage": stage, "epoch": epoch, **log.means()}
+        record = {"step": st["global_step"], "stage": stage, "epoch": epoch, **log.means(self.accelerator)}
         record["lr"] = opt.param_groups[0]["lr"]
         record["img_per_s"] = round(log.images * self.accelerator.num_processes / max(log.elapsed(), 1e-9), 1)
         if stage == "joint":
             record["sc_weight"] = self._sc_weight()
         record["nonfinite_skipped"] = st["nonfinite_skipped"]
+        # Sums over all processes: the plateau scheduler sees the same epoch loss everywhere.
         st["epoch_loss_sum"] += log.sums.get("loss", 0.0)
-        st["epoch_loss_count"] += log.count
+        st["epoch_loss_count"] += log.count_all
         log.reset()
         bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("loss", "ce", "sc")})
         self._write_metrics(record)
@@ -538,7 +560,7 @@ class Trainer:
     def _end_epoch(self, stage: str, epoch: int, sched) -> None:
         cfg, st = self.config, self.state
         epoch_loss = st["epoch_loss_sum"] / max(1, st["epoch_loss_count"])
-        if cfg.schedule == "plateau":
+        if cfg.schedule == "plateau" and st["epoch_loss_count"]:  # no finite step, nothing to judge
             sched.step(epoch_loss)  # the paper: lr / 10 when the loss stops decreasing
         record: dict[str, Any] = {"step": st["global_step"], "stage": stage, "epoch": epoch, "event": "epoch_end",
                                   "epoch_loss": epoch_loss}
@@ -588,10 +610,16 @@ class Trainer:
             backbone, layer = self.backbone(), self.config.layers[0] if self.config.layers else None
             layer = layer or getattr(backbone, "sc_layer", None)
             was_training = backbone.training
-            bank, bank_y = extract_features(backbone, self.probe_loaders["bank"], layer=layer, device=acc.device)
+            wrapper = self._wrapper()
+            to_map = wrapper._layouts[layer] if isinstance(wrapper, MultiLayerSC) else None  # tokens / NHWC
+
+            def features(loader):
+                return extract_features(backbone, loader, layer=layer, device=acc.device, to_map=to_map)
+
+            bank, bank_y = features(self.probe_loaders["bank"])
             for name in ("test", "val") if self.config.eval_test else ("val",):
                 if name in self.probe_loaders:
-                    f, y = extract_features(backbone, self.probe_loaders[name], layer=layer, device=acc.device)
+                    f, y = features(self.probe_loaders[name])
                     key = "knn_top1" if name == "test" else "knn_val_top1"
                     out[key] = knn_probe(bank, bank_y, f, y, k=self.config.knn_k, num_classes=self.num_classes)
             backbone.train(was_training)
@@ -609,9 +637,11 @@ class Trainer:
         acc, st, cfg = self.accelerator, self.state, self.config
         summary: dict[str, Any] = {}
         if acc.is_main_process:
+            summary["num_processes"] = acc.num_processes
             path = export_backbone(self.backbone(), self.output_dir / "backbone.safetensors", self._export_meta())
             final = st["stage_results"].get(cfg.stages[-1], {})
             summary = {
+                **summary,
                 "mode": cfg.mode,
                 "final_test_acc": final.get("test_acc"),
                 "best_val_acc": final.get("best_val_acc"),
@@ -655,6 +685,7 @@ class _LogWindow:
         self._sums: dict[str, Tensor] = defaultdict(lambda: torch.zeros(()))
         self.sums: dict[str, float] = {}
         self.count = 0
+        self.count_all = 0
         self.images = 0
         self._start = time.perf_counter()
 
@@ -665,9 +696,21 @@ class _LogWindow:
         self.count += 1
         self.images += n_images
 
-    def means(self) -> dict[str, float]:
-        self.sums = {k: float(v) for k, v in self._sums.items()}
-        return {k: v / max(1, self.count) for k, v in self.sums.items()}
+    def means(self, accelerator: Accelerator) -> dict[str, float]:
+        """Means over the window and over all processes, so every process logs and schedules alike."""
+        keys = sorted(self._sums)
+        if not keys:
+            return {}
+        packed = torch.stack([self._sums[k] for k in keys] + [torch.tensor(float(self.count)).to(self._sums[keys[0]])])
+        if accelerator.num_processes > 1:
+            packed = accelerator.reduce(packed, reduction="sum")
+        values = packed.tolist()  # the one host sync of the window
+        self.count_all = int(values[-1])
+        self.sums = dict(zip(keys, values[:-1]))
+        return {k: v / max(1, self.count_all) for k, v in self.sums.items()}
+
+    def restart_clock(self) -> None:
+        self._start = time.perf_counter()
 
     def elapsed(self) -> float:
         return time.perf_counter() - self._start

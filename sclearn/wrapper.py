@@ -95,7 +95,9 @@ class MultiLayerSC(nn.Module):
         sc_in_eval: bool = False,
     ) -> None:
         super().__init__()
-        layers = [layers] if isinstance(layers, str) else list(dict.fromkeys(layers))
+        layers = [layers] if isinstance(layers, str) else list(layers)
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"layers names a layer twice: {layers}")
         if not layers:
             raise ValueError("layers is empty: name at least one layer, e.g. layers=['layer3']")
         modules = dict(backbone.named_modules())
@@ -182,12 +184,15 @@ class MultiLayerSC(nn.Module):
         return bool(self._handles)
 
     # -- forward -------------------------------------------------------------------------------------
-    def forward(self, x: Tensor, *args: Any, compute_sc: bool | None = None, **kwargs: Any) -> SCOutput:
+    def forward(self, x: Tensor, *args: Any, compute_sc: bool | None = None, return_logits: bool = True,
+                **kwargs: Any) -> SCOutput:
         """Run the backbone; compute SC at the hooked layers in training mode (or when ``compute_sc``).
 
         Args:
             x: The backbone's input, e.g. (B, C, H, W).
             compute_sc: Force SC on (True) or off (False). Default: ``self.training or self.sc_in_eval``.
+            return_logits: False gives ``logits=None``, for SC-only training under DDP: the head then has
+                no path to the output, so DDP (``find_unused_parameters=True``) treats it as unused.
             *args, **kwargs: Passed to the backbone.
         """
         if compute_sc is None:
@@ -196,6 +201,13 @@ class MultiLayerSC(nn.Module):
             return SCOutput(logits=self.backbone(x, *args, **kwargs), sc_loss=x.new_zeros((), dtype=torch.float32))
         if not self._handles:
             raise RuntimeError("the hooks were removed; SC cannot be computed. Wrap the backbone again.")
+        if getattr(self.backbone, "grad_checkpointing", False) and self.training:
+            # Recomputation re-runs the hooked layer without the hook's sampling; torch.utils.checkpoint
+            # then sees a different graph (and timm may bypass the hooked stage module altogether).
+            raise ValueError(
+                "MultiLayerSC does not support activation checkpointing: call "
+                "backbone.set_grad_checkpointing(False), or hook a layer outside the checkpointed blocks."
+            )
         if x.shape[0] < 2:  # fail before the backbone does, with the reason that matters here
             raise ValueError(
                 f"spatial contrasting needs at least 2 images per batch (the other images are the "
@@ -216,7 +228,7 @@ class MultiLayerSC(nn.Module):
             raise RuntimeError(f"hooked layers {not_run} did not run in the backbone's forward pass")
         sc_losses = {n: self.loss_for(n).score(patches[n]) for n in self.layers}
         sc_loss = sum(self.weights[n] * sc_losses[n] for n in self.layers)
-        return SCOutput(logits=logits, sc_losses=sc_losses, sc_loss=sc_loss)
+        return SCOutput(logits=logits if return_logits else None, sc_losses=sc_losses, sc_loss=sc_loss)
 
     @torch.no_grad()
     def init_lazy(self, example: Tensor) -> None:

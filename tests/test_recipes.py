@@ -70,12 +70,32 @@ def test_fashion_mnist_stand_in_with_any_timm_backbone(idx_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_accelerate_launch_two_processes(idx_dir, tmp_path):
+@pytest.mark.parametrize("mode", ["joint", "two_stage"])
+def test_two_cpu_processes_with_ddp(idx_dir, tmp_path, mode):
+    # `accelerate launch --cpu --num_processes 2` starts a single process on a CPU-only machine; torchrun with
+    # ACCELERATE_USE_CPU gives two real gloo processes (asserted through the summary below).
     out = tmp_path / "ddp"
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    proc = run(["recipes/cifar10_joint.py", "--data", f"idx:{idx_dir}", "--protocol", "none", "--labels-per-class",
-                "10", "--backbone", "sc_mnist", "--layers", "stages.1", "--channels", "1", "--image-size", "28",
-                "--no-hflip", "--output-dir", str(out), *SMOKE, "--max-steps", "3"], tmp_path, launcher)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    os.environ["ACCELERATE_USE_CPU"] = "true"
+    try:
+        proc = run(["recipes/cifar10_joint.py", "--data", f"idx:{idx_dir}", "--protocol", "none",
+                    "--labels-per-class", "10", "--backbone", "sc_mnist", "--layers", "stages.1", "--channels", "1",
+                    "--image-size", "28", "--no-hflip", "--output-dir", str(out), *SMOKE, "--max-steps", "3",
+                    "--mode", mode, "--schedule", "plateau", "--gather-negatives", "--checkpoint-every", "2"],
+                   tmp_path, launcher)
+    finally:
+        del os.environ["ACCELERATE_USE_CPU"]
     summary = check_run(proc, out)
-    assert summary["global_steps"] == 3
+    assert summary["num_processes"] == 2
+    assert summary["global_steps"] == (6 if mode == "two_stage" else 3)
+
+
+def test_accelerate_launch_entry_point(idx_dir, tmp_path):
+    out = tmp_path / "launch"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
+                "--num_machines", "1", "--mixed_precision", "bf16", "--dynamo_backend", "no"]
+    proc = run(["recipes/cifar10_joint.py", "--data", f"idx:{idx_dir}", "--protocol", "none", "--labels-per-class",
+                "5", "--backbone", "sc_mnist", "--layers", "stages.1", "--channels", "1", "--image-size", "28",
+                "--no-hflip", "--output-dir", str(out), *SMOKE], tmp_path, launcher)
+    check_run(proc, out)
+    assert json.loads((out / "config.json").read_text())["mixed_precision"] == "bf16"  # the launch flag won

@@ -319,3 +319,30 @@ def test_probe_any_checkpoint_beats_nothing_and_reports_random_baseline(idx_dir,
         for key in ["linear_top1", "knn_top1", "random_linear_top1", "random_knn_top1"]:
             assert 0.0 <= result[key] <= 1.0
         assert result["linear_top1"] > 0.2  # the fixture's classes are easy; chance is 0.1
+
+
+def test_resume_with_another_process_count_is_refused(idx_dir, tmp_path):
+    cfg = tiny_config(idx_dir, tmp_path, mode="supervised", max_steps=1, epochs=1)
+    Trainer(cfg).fit()
+    ckpt = list_checkpoints(Path(cfg.output_dir) / "checkpoints")[-1]
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    state["num_processes"] = 2
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="written by 2 process"):
+        Trainer(tiny_config(idx_dir, tmp_path, mode="supervised", max_steps=1, epochs=1, resume=True))
+
+
+def test_init_from_loads_compiled_checkpoint_keys_and_refuses_other_shapes(tmp_path):
+    from safetensors.torch import save_file
+
+    from sclearn.backbones import load_backbone_weights
+
+    src = timm.create_model("sc_mnist", num_classes=10, in_chans=1)
+    keys = {f"_orig_mod.backbone.{k}": v.contiguous() for k, v in src.state_dict().items()}
+    save_file(keys, str(tmp_path / "model.safetensors"))
+    dst = timm.create_model("sc_mnist", num_classes=4, in_chans=1)
+    skipped = load_backbone_weights(dst, tmp_path)
+    assert skipped and all(k.startswith("head.") for k in skipped)  # only the class-sized head differs
+    assert torch.equal(dst.state_dict()["stages.0.0.conv.weight"], src.state_dict()["stages.0.0.conv.weight"])
+    with pytest.raises(ValueError, match="outside the classifier"):
+        load_backbone_weights(timm.create_model("sc_mnist", num_classes=10, in_chans=3), tmp_path)

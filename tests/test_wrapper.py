@@ -235,3 +235,34 @@ def test_torch_compile_keeps_sc_losses(images):
     assert out.sc_loss.item() == pytest.approx(eager.sc_loss.item(), rel=1e-3)
     out.sc_loss.backward()
     assert model.backbone.conv1.weight.grad is not None
+
+
+def test_nhwc_with_height_equal_to_channels_uses_output_fmt():
+    # swin with embed_dim 16 at 64 px: layers.0 gives (B, 16, 16, 16) NHWC, so dims alone cannot tell.
+    swin = timm.create_model("swin_tiny_patch4_window7_224", img_size=64, window_size=4, num_classes=10,
+                             depths=(1, 1, 1, 1), embed_dim=16, num_heads=(1, 2, 4, 8))
+    model = MultiLayerSC(swin, layers=["layers.0"])
+    x = torch.arange(2 * 16 * 16 * 16, dtype=torch.float32).view(2, 16, 16, 16)  # channel index varies fastest
+    fmap = model._layouts["layers.0"](x)
+    assert torch.equal(fmap[0, :, 0, 0], torch.arange(16, dtype=torch.float32))  # a channel vector, not a row
+    swin.output_fmt = None  # without the hint the tie is an error, not a guess
+    with pytest.raises(ValueError, match="both dim 1 and dim 3"):
+        MultiLayerSC(swin, layers=["layers.1"])._layouts["layers.1"](torch.randn(2, 32, 4, 32))
+
+
+def test_return_logits_false_cuts_the_head_out_of_the_graph(images):
+    model = MultiLayerSC(timm.create_model("resnet18", num_classes=10), layers=["layer3"])
+    out = model(images, return_logits=False)
+    assert out.logits is None and out.sc_loss.requires_grad
+
+
+def test_activation_checkpointing_is_refused(images):
+    net = timm.create_model("resnet18", num_classes=10)
+    net.set_grad_checkpointing(True)
+    with pytest.raises(ValueError, match="activation checkpointing"):
+        MultiLayerSC(net, layers=["layer3"])(images)
+
+
+def test_duplicate_layers_are_refused():
+    with pytest.raises(ValueError, match="twice"):
+        MultiLayerSC(timm.create_model("resnet18"), layers=["layer3", "layer3"], weights=[1.0, 2.0])
