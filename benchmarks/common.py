@@ -1,0 +1,257 @@
+"""Helpers shared by the benchmark scripts: machine description, CPU-contention accounting, statistics,
+JSON output and result blocks in ``benchmarks/RESULTS.md``.
+
+Every benchmark prints one JSON object (machine, config, results) on stdout and, when asked, writes the
+same facts as a markdown block into RESULTS.md, next to the exact command that produced them. A block is
+delimited by HTML comments carrying a key, so running the same benchmark again replaces its block instead
+of appending a second one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import statistics
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_MD = BENCH_DIR / "RESULTS.md"
+
+
+# -- machine -----------------------------------------------------------------------------------------
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown" where there is none, e.g. macOS)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    match = re.search(r"^model name\s*:\s*(.+)$", text, flags=re.MULTILINE)
+    return match.group(1).strip() if match else "unknown"
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (the affinity mask, else ``os.cpu_count()``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(name)
+    except Exception:  # noqa: BLE001 - a missing package is just "not installed"
+        return None
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """What the numbers depend on: CPU, cores, threads, library versions, accelerator, load."""
+    info: dict[str, Any] = {
+        "cpu_model": cpu_model(),
+        "cores": usable_cores(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "timm": _package_version("timm"),
+        "sclearn": _package_version("sclearn"),
+        "device": str(device),
+        "loadavg_at_start": list(load_average()),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["gpu"] = props.name
+        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def machine_line(machine: dict[str, Any]) -> str:
+    """One human line, e.g. "AMD EPYC, 2 cores, torch 2.4 (2 threads), device cpu"."""
+    line = (
+        f"{machine['cpu_model']}, {machine['cores']} cores, torch {machine['torch']} "
+        f"({machine['torch_threads']} threads), timm {machine['timm']}, device {machine['device']}"
+    )
+    if "gpu" in machine:
+        line += f" ({machine['gpu']}, CUDA {machine['cuda']})"
+    return line
+
+
+# -- CPU contention ----------------------------------------------------------------------------------
+def load_average() -> tuple[float, float, float]:
+    """The 1/5/15-minute load averages (zeros where the OS has none). They include this process."""
+    try:
+        return tuple(round(v, 2) for v in os.getloadavg())  # type: ignore[return-value]
+    except OSError:
+        return (0.0, 0.0, 0.0)
+
+
+def _system_busy_seconds() -> float | None:
+    """CPU-seconds all processes spent busy since boot, from /proc/stat (None off Linux)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq + steal) / ticks
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system  # all threads of this process
+
+
+@dataclass
+class CpuMeter:
+    """Measures how much CPU *other* processes took while a benchmark ran.
+
+    ``foreign_cpu_fraction`` is (busy CPU-seconds of the whole machine - this process's CPU-seconds)
+    / (wall seconds x cores): 0 on an otherwise idle machine, 0.5 when others kept half the cores busy.
+    Anything above a few percent means the timings were disturbed. Linux only (None elsewhere).
+    """
+
+    wall: float
+    system: float | None
+    own: float
+
+    @classmethod
+    def start(cls) -> CpuMeter:
+        import time
+
+        return cls(time.perf_counter(), _system_busy_seconds(), _own_cpu_seconds())
+
+    def foreign_cpu_fraction(self) -> float | None:
+        import time
+
+        end_system = _system_busy_seconds()
+        if self.system is None or end_system is None:
+            return None
+        wall = time.perf_counter() - self.wall
+        foreign = (end_system - self.system) - (_own_cpu_seconds() - self.own)
+        return round(max(0.0, foreign) / (wall * usable_cores()), 3) if wall > 0 else None
+
+
+def wait_until_quiet(max_foreign: float, timeout_s: float, window_s: float = 3.0) -> float | None:
+    """Sleep until other processes use less than ``max_foreign`` of the machine over a ``window_s``
+    window, or ``timeout_s`` has passed. Returns the last measured foreign fraction (None off Linux)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        meter = CpuMeter.start()
+        time.sleep(window_s)
+        foreign = meter.foreign_cpu_fraction()
+        if foreign is None or foreign < max_foreign or time.monotonic() >= deadline:
+            return foreign
+
+
+# -- statistics --------------------------------------------------------------------------------------
+def summarize(values: Sequence[float], digits: int | None = None) -> dict[str, float]:
+    """Median, mean, sample std, min, max (rounded to ``digits`` if given) and count of a non-empty
+    sequence."""
+    if not values:
+        raise ValueError("cannot summarize an empty sequence")
+    vals = [float(v) for v in values]
+    stats = {
+        "median": statistics.median(vals),
+        "mean": statistics.fmean(vals),
+        "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+        "min": min(vals),
+        "max": max(vals),
+    }
+    if digits is not None:
+        stats = {k: round(v, digits) for k, v in stats.items()}
+    return {**stats, "n": len(vals)}
+
+
+def mean_pm_std(stats: dict[str, float], digits: int = 3) -> str:
+    """"1.012 ± 0.004" from a :func:`summarize` result."""
+    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+
+
+def all_finite(values: Iterable[float]) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
+# -- output ------------------------------------------------------------------------------------------
+def command_line() -> str:
+    """The command that is running, as a copy-pasteable shell line relative to the repository root."""
+    script = Path(sys.argv[0])
+    try:
+        script = script.resolve().relative_to(BENCH_DIR.parent)
+    except ValueError:
+        pass
+    return shlex.join(["python", str(script), *sys.argv[1:]])
+
+
+def now_utc() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def print_json(obj: Any) -> None:
+    """Print ``obj`` as one indented JSON document on stdout (NaN/inf are refused: they are not JSON)."""
+    json.dump(obj, sys.stdout, indent=2, allow_nan=False, default=str)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub-flavoured markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _markers(key: str) -> tuple[str, str]:
+    return f"<!-- bench:{key}:start -->", f"<!-- bench:{key}:end -->"
+
+
+def write_result_block(key: str, body: str, path: Path = RESULTS_MD) -> None:
+    """Put ``body`` into RESULTS.md between markers named ``key``: replaces an existing block with the
+    same key, or appends a new one at the end (creating the file with a title if needed).
+
+    The file is locked (``flock``) while it is rewritten, so benchmarks finishing together do not lose
+    each other's blocks.
+    """
+    start, end = _markers(key)
+    block = f"{start}\n{body.strip()}\n{end}\n"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end) + r"\n?", flags=re.DOTALL)
+    with open(path, "a+", encoding="utf-8") as fh:
+        _lock(fh)
+        fh.seek(0)
+        text = fh.read() or "# Benchmark results\n\nWritten by the scripts in `benchmarks/`.\n"
+        if pattern.search(text):
+            text = pattern.sub(lambda _: block, text, count=1)
+        else:
+            text = text.rstrip("\n") + "\n\n" + block
+        fh.seek(0)
+        fh.truncate()
+        fh.write(text)  # append mode writes at the end, which is 0 after the truncate
+
+
+def _lock(fh: Any) -> None:
+    try:
+        import fcntl
+
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file is closed
+    except ImportError:  # not POSIX: no lock
+        pass
+
+
+def fenced(text: str, lang: str = "") -> str:
+    return f"```{lang}\n{text}\n```"

@@ -1,0 +1,130 @@
+"""The benchmark scripts' ``--smoke`` runs end to end on the tiny IDX fixture and print well-formed JSON.
+
+No assertion on timings or accuracies: only that each script runs, exits 0 and reports what it promises.
+Each smoke run takes roughly 10-25 s on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+
+def load_script(name: str):
+    """Import a benchmark script as a module (its directory on sys.path, as when run as a script)."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"bench_{Path(name).stem}", BENCH / name)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_smoke(script: str, idx_dir: Path, tmp_path: Path, *extra: str) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf")}
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), "--smoke", "--data", f"idx:{idx_dir}", *extra],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}\nstderr:\n{proc.stderr[-4000:]}"
+    report = json.loads(proc.stdout)  # stdout is one JSON document and nothing else
+    assert {"benchmark", "command", "date", "machine", "config", "uptime_start", "uptime_end"} <= set(report)
+    assert report["benchmark"] == Path(script).stem
+    assert {"cpu_model", "cores", "torch", "torch_threads"} <= set(report["machine"])
+    assert report["config"]["smoke"] is True
+    return report
+
+
+def _finite_positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_trainer_efficiency_smoke(idx_dir: Path, tmp_path: Path) -> None:
+    report = run_smoke("trainer_efficiency.py", idx_dir, tmp_path)
+    results = report["results"]
+    assert [(r["case"], r["mode"]) for r in results] == [("sc_mnist", "supervised"), ("sc_mnist", "joint")]
+    for r in results:
+        assert _finite_positive(r["ratio_wall"]["median"]) and _finite_positive(r["ratio_cpu"]["median"])
+        assert set(r["img_per_s_wall"]) == {"bare", "trainer"}
+        assert all(_finite_positive(r["img_per_s_wall"][s]["median"]) for s in ("bare", "trainer"))
+    assert results[1]["images_per_step"] == 3 * results[0]["images_per_step"]  # joint: labelled + 2x unlabelled
+
+
+def test_data_throughput_smoke(idx_dir: Path, tmp_path: Path) -> None:
+    report = run_smoke("data_throughput.py", idx_dir, tmp_path, "--cases", "sc_mnist")
+    (r,) = report["results"]
+    assert set(r["loader"]) == {"0", "2"} and set(r["model"]) == {"supervised", "joint"}
+    assert set(r["ratio_loader_over_model"]) == {f"workers{w}/{m}" for w in (0, 2) for m in ("supervised", "joint")}
+    assert all(_finite_positive(v["median"]) for v in r["ratio_loader_over_model"].values())
+
+
+def test_sample_efficiency_smoke(idx_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    report = run_smoke("sample_efficiency.py", idx_dir, tmp_path, "--results-dir", str(tmp_path / "res"),
+                       "--runs-dir", str(tmp_path / "runs"))
+    arms = report["aggregate"]["arms"]
+    assert set(arms) == {"sup_labeled", "two_stage", "joint", "sup_all"}
+    for a in arms.values():
+        assert 0.0 <= a["test_acc"]["mean"] <= 1.0
+    assert set(arms["two_stage"]["s_per_step"]) == {"pretrain", "finetune"}
+    assert set(report["aggregate"]["gap_closed"]) <= {"two_stage", "joint"}
+    assert "gap_closed_note" in report["aggregate"]
+    assert report["aggregate"]["projection"]["total_minutes"] >= 0
+    assert len(list((tmp_path / "res").glob("*.json"))) == 4  # one result file per run, for --resume
+    # --resume: every result exists, nothing is trained again (in-process: no second interpreter start-up)
+    module = load_script("sample_efficiency.py")
+    capsys.readouterr()
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))  # main() sets it: restored after
+    threads = torch.get_num_threads()
+    try:
+        code = module.main(["--smoke", "--data", f"idx:{idx_dir}", "--results-dir", str(tmp_path / "res"),
+                            "--runs-dir", str(tmp_path / "runs"), "--resume", "--arms", "sup_labeled"])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["runs"][0]["test_acc"] == report["runs"][0]["test_acc"]
+
+
+def test_mnist_table3_smoke(idx_dir: Path, tmp_path: Path) -> None:
+    report = run_smoke("mnist_table3.py", idx_dir, tmp_path)
+    assert set(report["arms"]) == {"sc_init", "no_init"}
+    for a in report["arms"].values():
+        assert 0.0 <= a["test_err_pct"]["mean"] <= 100.0
+    sc = next(r for r in report["runs"] if r["arm"] == "sc_init")
+    assert set(sc["stages"]) == {"pretrain", "finetune"}
+    assert set(report["projection"]["per_arm"]) == {"sc_init", "no_init"}
+
+
+@pytest.mark.parametrize("script", ["trainer_efficiency.py", "data_throughput.py", "sample_efficiency.py",
+                                    "mnist_table3.py"])
+def test_help(script: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    module = load_script(script)
+    parsers: list[argparse.ArgumentParser] = []
+    original = argparse.ArgumentParser.parse_args
+
+    def capture(self, *args, **kwargs):
+        parsers.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    with pytest.raises(SystemExit) as exit_info:
+        module.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "--smoke" in text and "--write-results" in text
+    undocumented = [a.dest for a in parsers[0]._actions if not a.help]
+    assert not undocumented, f"flags without help: {undocumented}"
