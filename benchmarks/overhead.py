@@ -472,12 +472,14 @@ def config_of(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
 
 
 def result_key(args: argparse.Namespace, device: torch.device) -> str:
-    """Block key in RESULTS.md: one block per device type and flag combination."""
+    """Block key in RESULTS.md: one block per device, threads, clock, flags and case subset."""
     parts = ["overhead", device.type]
     if device.type == "cpu":
         parts += [f"{torch.get_num_threads()}threads", f"{args.clock}clock"]
     parts += [flag for flag, on in (("bf16", args.amp == "bf16"), ("channels_last", args.channels_last),
                                     ("compile", args.compile), ("smoke", args.smoke)) if on]
+    if list(args.cases) != list(CASES):  # a subset of the cases gets its own block
+        parts.append("+".join(args.cases))
     return "-".join(parts)
 
 
