@@ -1,6 +1,6 @@
 """sclearn: Spatial Contrasting (Hoffer et al., 2016) for timm and torchvision backbones."""
 
-from . import models  # registers the Table-4 nets (sc_stl10, sc_cifar10, sc_mnist) with timm
+from . import models  # noqa: F401  registers the Table-4 nets (sc_stl10, sc_cifar10, sc_mnist) with timm
 from .evaluation import evaluate_accuracy, extract_features, knn_probe, linear_probe, probe_representation
 from .losses import (
     PatchProjector,

@@ -31,8 +31,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import data as sc_data
-from .batching import resumable_loader
 from .backbones import build_backbone, check_head, export_backbone, load_backbone_weights
+from .batching import resumable_loader
 from .checkpoint import CheckpointManager, read_state
 from .config import TrainConfig
 from .distributed import all_gather_with_grad
