@@ -121,10 +121,9 @@ def make_train_loader(case: Case, args: argparse.Namespace, splits, num_workers:
     """The trainer's training loader (Trainer._make_loaders), labelled split, ``num_workers`` workers."""
     from sclearn import data as sc_data
     from sclearn.batching import resumable_loader
-    from sclearn.train import _mean_std_for
 
     cfg = trainer_config(case, args)
-    mean, std = _mean_std_for(cfg, splits)
+    mean, std = sc_data.normalization_stats(splits, channels=cfg.channels)
     tf = sc_data.build_transform(train=True, translate=cfg.translate, hflip=cfg.hflip, image_size=cfg.image_size,
                                  mean=mean, std=std, channels=cfg.channels)
     base = sc_data.make_loader(sc_data.with_image_transform(splits.labeled, tf), cfg.batch_size, shuffle=True,

@@ -130,6 +130,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-plain", action="store_true",
                    help="skip the unwrapped twin (saves a third of the time; no dormant-hook check)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="also run STEPS steps of ce and of joint under torch.profiler and attribute the "
+                   "difference: op time of the 'sclearn.sc_sample'/'sclearn.sc_score' spans (SC's forward) and "
+                   "of the ops only the joint step runs (SC's backward); 0: off")
     p.add_argument("--patch-size", type=float, default=0.55,
                    help="SpatialContrastiveLoss patch_size (fraction of the map side)")
     p.add_argument("--distance", choices=["l2", "sqeuclidean", "cosine"], default="l2",
@@ -373,6 +377,67 @@ def timing_summary(times: dict[str, list[float]], kinds: list[str]) -> dict[str,
     return out
 
 
+# -- profile -------------------------------------------------------------------------------------------
+SC_SPANS = ("sclearn.sc_sample", "sclearn.sc_score")
+
+
+def profile_sc_ops(steps: dict[str, Step], n: int, device: torch.device) -> dict[str, Any]:
+    """Where SC's time goes, from torch.profiler op times: a measure of work, not of machine noise.
+
+    Per step, in ms: ``step_op_ms`` is the summed self time of every op (CPU, or the device on CUDA) of the
+    ce and joint steps; ``sc_forward_ms`` the time inside the SC spans (sampling in the hook, scoring), child
+    ops included; ``sc_only_ops_ms`` the self time of ops outside those spans that the joint step runs and
+    the ce step never does (SC's backward: gather and distance gradients); ``top_sc_ops`` the largest of those.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+
+    def self_ms(e) -> float:
+        return (e.self_device_time_total if cuda else e.self_cpu_time_total) / 1e3 / n
+
+    def total_ms(e) -> float:
+        return (e.device_time_total if cuda else e.cpu_time_total) / 1e3 / n
+
+    def in_span(e) -> bool:
+        while e is not None:
+            if e.name in SC_SPANS:
+                return True
+            e = e.cpu_parent
+        return False
+
+    events = {}
+    for kind in ("ce", "joint"):
+        steps[kind]()  # one unprofiled step: lazy allocations out of the way
+        synchronize(device)
+        with profile(activities=activities) as prof:
+            for _ in range(n):
+                steps[kind]()
+            synchronize(device)
+        events[kind] = [e for e in prof.events() if e.device_type.name == "CPU"]  # CPU ops (with their kernels)
+    ce_names = {e.name for e in events["ce"]}
+    sc_forward = sum(total_ms(e) for e in events["joint"] if e.name in SC_SPANS and not in_span(e.cpu_parent))
+    only_joint: dict[str, float] = {}
+    for e in events["joint"]:
+        if e.name not in ce_names and not in_span(e):
+            only_joint[e.name] = only_joint.get(e.name, 0.0) + self_ms(e)
+    ce_ms = sum(self_ms(e) for e in events["ce"])
+    joint_ms = sum(self_ms(e) for e in events["joint"] if e.name not in SC_SPANS)
+    sc_ms = sc_forward + sum(only_joint.values())
+    top = sorted(only_joint.items(), key=lambda kv: -kv[1])[:6]
+    return {
+        "steps": n,
+        "clock": "device" if cuda else "cpu",
+        "step_op_ms": {"ce": round(ce_ms, 3), "joint": round(joint_ms, 3)},
+        "op_ratio_joint_over_ce": round(joint_ms / ce_ms, 4) if ce_ms else None,
+        "sc_forward_ms": round(sc_forward, 3),
+        "sc_only_ops_ms": round(sum(only_joint.values()), 3),
+        "sc_share_of_ce_step": round(sc_ms / ce_ms, 4) if ce_ms else None,
+        "top_sc_ops": [[k, round(v, 3)] for k, v in top],
+    }
+
+
 # -- memory --------------------------------------------------------------------------------------------
 def _cpu_step_peak_bytes(step: Step) -> int:
     """Peak of live bytes allocated through PyTorch's CPU allocator during ``step``, from its start."""
@@ -437,6 +502,8 @@ def measure_case(name: str, args: argparse.Namespace, device: torch.device) -> d
     result["rounds"] = {"run": rounds.run, "clean": rounds.clean, "used": len(rounds.times["wall"]["ce"]),
                         "clean_only": rounds.used_clean_only}
     result["loss_last"] = {k: float(steps[k]()) for k in ("ce", "joint")}  # also proves the steps run
+    if args.profile:
+        result["profile"] = profile_sc_ops(steps, args.profile, device)
     if not args.no_memory:
         result["peak_memory"] = measure_memory(steps, kinds, device, setup.free_grads)
     result["foreign_cpu_fraction"] = foreign  # over all measured rounds, clean or not
@@ -464,6 +531,7 @@ def config_of(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         "optimizer": f"SGD(lr={args.lr}, momentum=0.9)",
         "seed": args.seed,
         "clock": args.clock,
+        "profile_steps": args.profile,
         "order": "rounds of one step per kind, order rotated every round; ratio per round, then median",
         "memory": None if args.no_memory else (
             "cuda max_memory_allocated per step" if device.type == "cuda"
@@ -490,6 +558,34 @@ def _mem_cell(result: dict[str, Any], kind: str) -> str:
     if "peak_mib" in mem:
         return f"{mem['peak_mib']:.0f} ({mem['peak_above_start_mib']:+.0f})"
     return f"+{mem['peak_above_start_mib']:.1f}"
+
+
+def profile_lines(results: list[dict[str, Any]]) -> list[str]:
+    """The profiler's attribution as a small table (empty without --profile)."""
+    rows = []
+    for r in results:
+        prof = r.get("profile")
+        if not prof:
+            continue
+        rows.append([
+            r["case"], f"{prof['step_op_ms']['ce']:.1f} / {prof['step_op_ms']['joint']:.1f}",
+            f"{prof['op_ratio_joint_over_ce']:.4f}", f"{prof['sc_forward_ms']:.3f}", f"{prof['sc_only_ops_ms']:.3f}",
+            f"{100 * prof['sc_share_of_ce_step']:.2f}%",
+            ", ".join(f"{k} {v:.3f}" for k, v in prof["top_sc_ops"][:3]),
+        ])
+    if not rows:
+        return []
+    steps, clock = results[0]["profile"]["steps"], results[0]["profile"]["clock"]
+    return [
+        f"Profiler attribution ({steps} steps of each kind under torch.profiler, {clock} op time, ms per step; "
+        "SC forward = time inside the `sclearn.sc_sample` / `sclearn.sc_score` spans; SC-only ops = ops the "
+        "joint step runs and the CE step never does, i.e. SC's backward; both are work measures, unaffected by "
+        "the scheduling noise that moves the wall-clock ratios):",
+        "",
+        markdown_table(["case", "all ops CE / joint", "op time joint/CE", "SC forward", "SC-only ops",
+                        "SC share of CE step", "largest SC-only ops"], rows),
+        "",
+    ]
 
 
 def markdown_block(report: dict[str, Any], args: argparse.Namespace, device: torch.device) -> str:
@@ -539,6 +635,7 @@ def markdown_block(report: dict[str, Any], args: argparse.Namespace, device: tor
         "",
         table,
         "",
+        *profile_lines(report["results"]),
         "Config:",
         "",
         fenced("\n".join(f"{k}: {v}" for k, v in config.items() if k != "cases"), ""),

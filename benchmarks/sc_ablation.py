@@ -85,11 +85,27 @@ SC_VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("weight", "lam2", {"sc_weight": 2.0}),
     ("mode", "two_stage", {"mode": "two_stage"}),
 ]
+# Round 3 (session 2): the factors round 1 had no time for, one at a time from the config round 1 chose
+# (cosine, T 0.1, 3x3 mean patches, lambda 0.1 with a ramp). stages.0 is the 32 x 14 x 14 map.
+R3_VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("patch", "patch4", {"patch_size": 4}),
+    ("overlap", "offset2", {"min_offset": 2}),
+    ("patches", "P4", {"num_patches": 4}),
+    ("distance", "cos_T0.3", {"temperature": 0.3}),
+    ("distance", "sqeuclid_T1", {"distance": "sqeuclidean", "temperature": 1.0}),
+    ("layer", "stage0_p5", {"layers": ("stages.0",), "patch_size": 5}),
+    ("layer", "stage0+1", {"layers": ("stages.0", "stages.1"), "layer_patch_sizes": (5, 3)}),
+    ("weight", "lam0.03", {"sc_weight": 0.03}),
+    ("ramp", "noramp", {"rampup": 0.0}),
+    ("unlabelled", "ratio4", {"unlabeled_ratio": 4.0}),
+    ("projector", "proj64", {"projector_dim": 64}),
+]
 # The paper-faithful reference (FINDINGS.md): L2, T=1, 5x5 flattened patches, lambda 1, no ramp.
 PAPER_SC: dict[str, Any] = dict(distance="l2", temperature=1.0, pool="flatten", patch_size=5, min_offset=0,
                                 projector_dim=None, sc_weight=1.0, rampup=0.0)
 SC_KEYS = ("mode", "layers", "distance", "temperature", "pool", "patch_size", "min_offset", "projector_dim",
-           "sc_weight", "rampup", "unlabeled_ratio", "head")
+           "sc_weight", "rampup", "unlabeled_ratio", "head", "num_patches", "layer_patch_sizes")
+OPTIONAL_SC_KEYS = ("num_patches", "layer_patch_sizes")  # absent from round-1 records: TrainConfig defaults
 COMBO_MARGIN = 0.005  # a round-1 change enters the round-2 combination if it beat the start by >= 0.5 pt
 
 
@@ -109,7 +125,10 @@ def _train_config(spec: dict[str, Any]):
     kw.update(mode=p["mode"], layers=tuple(p["layers"]), distance=p["distance"], temperature=p["temperature"],
               pool=p["pool"], patch_size=p["patch_size"], min_offset=p["min_offset"],
               projector_dim=p["projector_dim"], sc_weight=p["sc_weight"],
-              sc_rampup_steps=int(round(p["rampup"] * steps)), unlabeled_ratio=p["unlabeled_ratio"])
+              sc_rampup_steps=round(p["rampup"] * steps), unlabeled_ratio=p["unlabeled_ratio"])
+    for key in OPTIONAL_SC_KEYS:
+        if p.get(key) is not None:
+            kw[key] = tuple(p[key]) if isinstance(p[key], (list, tuple)) else p[key]
     if p["mode"] == "two_stage":  # SC pre-training on batches as large as a joint step's, then the same CE
         kw.update(pretrain_epochs=10**6, pretrain_lr=kw["lr"],
                   pretrain_batch_size=round(64 * (1 + p["unlabeled_ratio"])))
@@ -142,9 +161,6 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     cfg = _train_config(spec)
     start = time.time()
     trainer = Trainer(cfg)
-    # Workaround: the Trainer checkpoints at every epoch end even with checkpoint_every=None; with 10 labels
-    # per class an epoch is 2 steps, so that is a checkpoint every 2 steps. Nothing here resumes a run.
-    trainer.checkpoints.save = lambda *a, **k: None
     summary = trainer.fit()
     stage = cfg.stages[-1]
     res = summary["stages"][stage]
@@ -173,7 +189,7 @@ def probe_one(spec: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     from sclearn import data as sc_data
     from sclearn.evaluation import probe_representation
-    from sclearn.train import Trainer, _mean_std_for
+    from sclearn.train import Trainer
 
     out = Path(spec["out_json"])
     if out.is_file() and not spec["force"]:
@@ -185,7 +201,6 @@ def probe_one(spec: dict[str, Any]) -> dict[str, Any]:
     cfg.pretrain_batch_size = round(64 * (1 + p["unlabeled_ratio"]))
     start = time.time()
     trainer = Trainer(cfg)
-    trainer.checkpoints.save = lambda *a, **k: None
     random_net = copy.deepcopy(trainer.backbone())
     trainer.fit()
     sc_net = trainer.backbone()
@@ -195,9 +210,12 @@ def probe_one(spec: dict[str, Any]) -> dict[str, Any]:
     layer = "stages.1"
     for lpc in spec["lpcs"]:
         splits = sc_data.semi_supervised_splits(dsd, labels_per_class=lpc, seed=spec["seed"])
-        mean, std = _mean_std_for(cfg, splits)
+        mean, std = sc_data.normalization_stats(splits, channels=cfg.channels)
         tf = sc_data.build_transform(train=False, mean=mean, std=std, channels=1)
-        loader = lambda ds: sc_data.make_loader(sc_data.with_image_transform(ds, tf), 256, shuffle=False)  # noqa: E731
+
+        def loader(ds, tf=tf):
+            return sc_data.make_loader(sc_data.with_image_transform(ds, tf), 256, shuffle=False)
+
         results[str(lpc)] = {
             "random": probe_representation(random_net, layer, loader(splits.labeled), loader(splits.test)),
             "sc": probe_representation(sc_net, layer, loader(splits.labeled), loader(splits.test)),
@@ -298,9 +316,32 @@ def run_search(args) -> None:
         _run_all(specs, args.jobs)
 
 
-def selection(results_dir: Path, search_seed: int) -> dict[str, Any]:
-    """Heads and SC config chosen on val. With confirmation seeds, SC configs are ranked by mean val."""
-    recs = _load(results_dir, "search")
+def run_search_round3(args) -> None:
+    """Round 3: R3_VARIANTS from the config chosen so far, plus supervised-only at the same step budget."""
+    lpc, seed = args.labels_per_class[0], args.search_seed
+    sel = selection(args.results_dir, seed, steps=args.base_steps)
+    base = dict(sel["sc_params"])
+    heads = sel["heads"]
+    specs = [_spec(args, "search", f"r0_sup_{heads['supervised']}", "supervised", {"head": heads["supervised"]},
+                   lpc, seed, False),
+             _spec(args, "search", sel["sc_name"], "sc", base, lpc, seed, False)]
+    for _, name, ch in R3_VARIANTS:
+        if args.variants and name not in args.variants:
+            continue
+        p = dict(base, **ch)
+        p["layers"] = list(p["layers"])
+        if p.get("layer_patch_sizes") is not None:
+            p["layer_patch_sizes"] = list(p["layer_patch_sizes"])
+        specs.append(_spec(args, "search", f"r3_{name}", "sc", p, lpc, seed, False))
+    _run_all(specs, args.jobs)
+
+
+def selection(results_dir: Path, search_seed: int, steps: int | None = 600) -> dict[str, Any]:
+    """Heads and SC config chosen on val among the search runs of ``steps`` optimizer steps (None: all).
+
+    With confirmation seeds, SC configs are ranked by mean val.
+    """
+    recs = [r for r in _load(results_dir, "search") if steps is None or r["steps"] == steps]
     heads = best_heads([r for r in recs if r["seed"] == search_seed])
     by_name: dict[str, list[dict[str, Any]]] = {}
     for r in recs:
@@ -314,7 +355,7 @@ def selection(results_dir: Path, search_seed: int) -> dict[str, Any]:
 
 
 def run_final(args) -> None:
-    sel = selection(args.results_dir, args.search_seed)
+    sel = selection(args.results_dir, args.search_seed, steps=args.base_steps)
     if args.sc_config:
         sel["sc_params"], sel["sc_name"] = json.loads(args.sc_config), "custom"
     specs = []
@@ -329,7 +370,7 @@ def run_final(args) -> None:
 
 
 def run_probe(args) -> None:
-    sel = selection(args.results_dir, args.search_seed)
+    sel = selection(args.results_dir, args.search_seed, steps=args.base_steps)
     params = json.loads(args.sc_config) if args.sc_config else sel["sc_params"]
     steps = args.probe_steps
     specs = []
@@ -358,10 +399,10 @@ def _describe(p: dict[str, Any]) -> str:
 
 def report(args) -> dict[str, Any]:
     search, final, probe = (_load(args.results_dir, s) for s in ("search", "final", "probe"))
-    sel = selection(args.results_dir, args.search_seed) if search else {}
+    sel = selection(args.results_dir, args.search_seed, steps=args.base_steps) if search else {}
     out: dict[str, Any] = {"selection": sel, "search": [], "final": {}, "probe": {}}
-    for r in sorted(search, key=lambda r: (r["seed"], r["name"])):
-        out["search"].append({"name": r["name"], "seed": r["seed"], "lpc": r["labels_per_class"],
+    for r in sorted(search, key=lambda r: (r["steps"], r["seed"], r["name"])):
+        out["search"].append({"name": r["name"], "seed": r["seed"], "lpc": r["labels_per_class"], "steps": r["steps"],
                               "val_acc": r["val_acc"], "wall_s": r["wall_time_s"],
                               "sc_final": r["final_train_terms"].get("sc"), "params": _describe(r["params"])})
     for r in final:
@@ -412,10 +453,11 @@ def write_markdown(args, out, search, final, probe) -> None:
         lines += ["### Search (validation accuracy, %)", "",
                   f"Heads chosen: {sel.get('heads')}. SC config chosen: `{sel.get('sc_name')}` "
                   f"(ranked on {sel.get('ranked_on_seeds')} seed(s)).", ""]
-        rows = [(s["name"], s["seed"], s["lpc"], f"{100 * s['val_acc']:.1f}",
+        rows = [(s["name"], s["seed"], s["lpc"], s["steps"], f"{100 * s['val_acc']:.1f}",
                  f"{s['sc_final']:.3f}" if s["sc_final"] is not None else "-", s["wall_s"], s["params"])
                 for s in out["search"]]
-        lines += [markdown_table(["run", "seed", "labels/class", "val acc", "final SC loss", "wall s", "config"], rows), ""]
+        lines += [markdown_table(["run", "seed", "labels/class", "steps", "val acc", "final SC loss", "wall s", "config"],
+                                 rows), ""]
     if out["final"]:
         lines += ["### Final (test accuracy, %, mean ± std over seeds)", ""]
         rows = []
@@ -467,6 +509,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
                     help="seeds of the final/probe stage; a seed fixes the label subset and the init (default 1 2 3)")
     ap.add_argument("--search-seed", type=int, default=0, help="seed of the search stage (default 0)")
+    ap.add_argument("--round", type=int, choices=(1, 3), default=1,
+                    help="search: 1 = rounds 0-2 (heads, one factor at a time, combination); 3 = R3_VARIANTS from "
+                         "the config chosen so far, with supervised-only at the same --steps (default 1)")
+    ap.add_argument("--base-steps", type=int, default=600,
+                    help="search --round 3: start from the config chosen among the runs of this many steps")
+    ap.add_argument("--variants", nargs="*", default=[],
+                    help="search --round 3: only these R3_VARIANTS names (default: all)")
     ap.add_argument("--confirm-top", type=int, default=0,
                     help="search: re-run the N best SC configs and the supervised arm on --confirm-seeds (val only)")
     ap.add_argument("--confirm-seeds", type=int, nargs="+", default=[1], help="seeds for --confirm-top (default 1)")
@@ -498,7 +547,7 @@ def main(argv: list[str] | None = None) -> None:
         import tempfile
 
         args.results_dir = Path(tempfile.mkdtemp(prefix="sc_ablation_smoke_"))
-        args.steps, args.probe_steps, args.val_per_class, args.jobs = 3, 3, 5, 1
+        args.steps, args.base_steps, args.probe_steps, args.val_per_class, args.jobs = 3, 3, 3, 5, 1
         args.labels_per_class, args.seeds = [2], [1]
         lpc = 2
         specs = [_spec(args, "search", "r0_sup_paper", "supervised", {"head": "paper"}, lpc, 0, False),
@@ -506,6 +555,9 @@ def main(argv: list[str] | None = None) -> None:
         _run_all(specs, 1)
         run_final(args)
         run_probe(args)
+        summary = report(args)
+    elif args.stage == "search" and args.round == 3:
+        run_search_round3(args)
         summary = report(args)
     elif args.stage == "search":
         run_search(args)

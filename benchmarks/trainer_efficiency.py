@@ -201,12 +201,11 @@ class BareLoop:
         from sclearn import MultiLayerSC, SpatialContrastiveLoss
         from sclearn import data as sc_data
         from sclearn.backbones import build_backbone
-        from sclearn.train import _mean_std_for  # the trainer's own normalisation rule
 
         self.total = args.warmup + args.steps
         cfg = train_config(case, mode, args, output_dir="unused", steps=self.total)
         splits = data.splits(mode)
-        mean, std = _mean_std_for(cfg, splits)
+        mean, std = sc_data.normalization_stats(splits, channels=cfg.channels)  # the trainer's rule
         tf = sc_data.build_transform(train=True, translate=cfg.translate, hflip=cfg.hflip,
                                      image_size=cfg.image_size, mean=mean, std=std, channels=cfg.channels)
         set_seed(cfg.seed)

@@ -27,6 +27,13 @@ def _optional_int(text: str) -> int | None:
 
 
 # flag, TrainConfig field, type, help. Defaults come from the recipe.
+def _auto_bool(value: str) -> bool | None:
+    words = {"auto": None, "true": True, "false": False}
+    if value.lower() not in words:
+        raise argparse.ArgumentTypeError(f"expected auto, true or false, got {value!r}")
+    return words[value.lower()]
+
+
 FLAGS: list[tuple[str, str, Any, str]] = [
     ("--data", "data", str, "data source: a hub id, parquet:<dir>, imagefolder:<dir> or idx:<dir>"),
     ("--protocol", "protocol", str, "paper split protocol: cifar10 | stl10 | mnist (or 'none')"),
@@ -60,10 +67,13 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--grad-accum-steps", "grad_accum_steps", int, "micro-batches per optimizer step"),
     ("--mixed-precision", "mixed_precision", str, "no | bf16 | fp16 (accelerate launch's flag also works)"),
     ("--max-steps", "max_steps", _optional_int, "cap on optimizer steps per stage, for smoke runs"),
+    ("--pretrain-max-steps", "pretrain_max_steps", _optional_int,
+     "cap on SC pre-training steps alone (default: --max-steps caps it too)"),
     ("--num-workers", "num_workers", int, "DataLoader worker processes"),
     ("--output-dir", "output_dir", str, "run directory: checkpoints, metrics, exported backbone, figures"),
     ("--init-from", "init_from", str, "finetune: a run dir, checkpoint dir or backbone .safetensors"),
-    ("--checkpoint-every", "checkpoint_every", _optional_int, "save a checkpoint every N steps (also each epoch)"),
+    ("--checkpoint-every", "checkpoint_every", _optional_int,
+     "save a checkpoint every N steps and at each stage end ('none': stage ends only)"),
     ("--seed", "seed", int, "global seed (model init, shuffling, augmentation, patch positions)"),
     ("--knn-k", "knn_k", int, "k of the kNN probe run during SC pre-training"),
     ("--eval-every", "eval_every", int, "evaluate every N epochs (the last epoch always)"),
@@ -99,6 +109,9 @@ def build_parser(defaults: dict[str, Any], description: str) -> argparse.Argumen
         ("--channels-last", "channels_last", "channels_last memory format"),
     ]:
         parser.add_argument(flag, dest=name, action="store_true", default=base[name], help=help_text)
+    parser.add_argument("--labeled-drop-last", dest="labeled_drop_last", default=base["labeled_drop_last"],
+                        type=_auto_bool, metavar="{auto,true,false}",
+                        help="drop the ragged last labelled batch of an epoch (auto: only in joint mode)")
     parser.add_argument("--no-eval-test", dest="eval_test", action="store_false", default=base["eval_test"],
                         help="do not score the test split during training (choose settings on --val-per-class)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=True,

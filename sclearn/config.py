@@ -6,7 +6,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 Mode = Literal["supervised", "pretrain", "finetune", "two_stage", "joint"]
 MODES: tuple[str, ...] = ("supervised", "pretrain", "finetune", "two_stage", "joint")
@@ -66,21 +66,30 @@ class TrainConfig:
         grad_accum_steps: Micro-batches per optimizer step.
         gather_negatives: Contrast against the patches of every process (all_gather with gradient).
         on_nonfinite: ``"raise"`` (stop, naming the step and loss terms) or ``"skip"`` the step.
-        max_steps: Cap on optimizer steps per stage (smoke runs).
+        max_steps: Cap on optimizer steps per stage (smoke runs, fixed step budgets).
+        pretrain_max_steps: Cap on the SC pre-training stage alone (two_stage: "N SC steps, then M fine-tune
+            steps" with ``max_steps=M``). None: ``max_steps`` caps it too.
+        labeled_drop_last: Drop the ragged last labelled batch of an epoch. None: only in joint mode (whose
+            steps pair every labelled batch with a full unlabelled one). Set True to give supervised-only runs
+            the same full labelled batches as joint runs in a matched comparison.
 
     Evaluation:
         eval_every: Evaluate every N epochs (and after the last). eval_test: also score the test split
             during training; switch it off while choosing settings on the validation split.
         knn_k: k of the kNN probe run after each SC pre-training epoch.
+
+    Run:
+        checkpoint_every: Save a checkpoint every N optimizer steps of a stage (after that epoch's evaluation
+            when step N ends an epoch) and at the end of every stage. None: only at stage ends.
     """
 
     # data
-    data: Optional[str] = None
-    protocol: Optional[str] = None
-    labels_per_class: Optional[int] = None
+    data: str | None = None
+    protocol: str | None = None
+    labels_per_class: int | None = None
     val_per_class: int = 0
     split_seed: int = 0
-    image_size: Optional[int] = None
+    image_size: int | None = None
     channels: int = 3
     translate: int = 2
     hflip: bool = True
@@ -88,26 +97,26 @@ class TrainConfig:
     # model
     backbone: str = "resnet18"
     layers: tuple[str, ...] = ("layer3",)
-    layer_weights: Optional[tuple[float, ...]] = None
+    layer_weights: tuple[float, ...] | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    init_from: Optional[str] = None
+    init_from: str | None = None
     # SC loss
-    patch_size: Union[int, float] = 0.55
-    layer_patch_sizes: Optional[tuple[Union[int, float], ...]] = None
+    patch_size: int | float = 0.55
+    layer_patch_sizes: tuple[int | float, ...] | None = None
     distance: str = "l2"
     temperature: float = 1.0
     pool: str = "flatten"
     num_patches: int = 2
-    min_offset: Union[int, str] = 0
-    projector_dim: Optional[int] = None
+    min_offset: int | str = 0
+    projector_dim: int | None = None
     # optimisation
     mode: str = "supervised"
     epochs: int = 10
     pretrain_epochs: int = 10
     batch_size: int = 128
-    pretrain_batch_size: Optional[int] = None
+    pretrain_batch_size: int | None = None
     unlabeled_ratio: float = 2.0
-    lr: Optional[float] = None
+    lr: float | None = None
     pretrain_lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -121,7 +130,9 @@ class TrainConfig:
     mixed_precision: str = "no"
     channels_last: bool = False
     compile: bool = False
-    max_steps: Optional[int] = None
+    max_steps: int | None = None
+    pretrain_max_steps: int | None = None
+    labeled_drop_last: bool | None = None
     on_nonfinite: str = "raise"
     # evaluation
     knn_k: int = 20
@@ -130,8 +141,8 @@ class TrainConfig:
     # run
     output_dir: str = "runs/sclearn"
     seed: int = 0
-    resume: Union[bool, str] = False
-    checkpoint_every: Optional[int] = 500
+    resume: bool | str = False
+    checkpoint_every: int | None = 500
     keep_checkpoints: int = 2
     log_every: int = 20
     report_to: str = "auto"
@@ -164,6 +175,9 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_steps", "pretrain_max_steps", "checkpoint_every"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1 or None, got {getattr(self, name)}")
         if self.temperature <= 0 or self.unlabeled_ratio <= 0:
             raise ValueError("TrainConfig.temperature and unlabeled_ratio must be > 0")
         if self.uses_sc and self.sc_batch_size < 2:
@@ -205,6 +219,12 @@ class TrainConfig:
 
     def epochs_for(self, stage: str) -> int:
         return self.pretrain_epochs if stage == "pretrain" else self.epochs
+
+    def max_steps_for(self, stage: str) -> int | None:
+        """The step cap of a stage: ``pretrain_max_steps`` for SC pre-training if set, else ``max_steps``."""
+        if stage == "pretrain" and self.pretrain_max_steps is not None:
+            return self.pretrain_max_steps
+        return self.max_steps
 
     # -- serialisation -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -73,6 +73,7 @@ __all__ = [
     "dataset_stats",
     "load_image_dataset",
     "make_loader",
+    "normalization_stats",
     "read_idx",
     "semi_supervised_splits",
     "with_image_transform",
@@ -1028,6 +1029,27 @@ def dataset_stats(ds: Dataset, *, max_images: int = 10000) -> tuple[tuple[float,
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
     keep = 1 if all_gray else 3  # grayscale -> RGB repeats the channel, so any one of them is the answer
     return tuple(float(m) for m in mean[:keep]), tuple(float(v) for v in std[:keep])
+
+
+def normalization_stats(splits: SemiSupervisedSplits, *, channels: int = 3) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The Trainer's input normalisation for ``splits``: per-channel mean and std for ``channels`` inputs.
+
+    Measured on the unlabelled images (all the train images by default), or on the labelled ones when there
+    are none, so every run on the same data normalises alike whatever its label budget. Grayscale stats are
+    repeated for 3-channel inputs; RGB stats are averaged for 1-channel inputs.
+
+    Use it to build loaders that see exactly what a trained model saw, e.g. to probe it at another label
+    budget::
+
+        mean, std = normalization_stats(splits, channels=1)
+        tf = build_transform(train=False, mean=mean, std=std, channels=1)
+    """
+    mean, std = dataset_stats(splits.labeled if splits.unlabeled is None else splits.unlabeled)
+    if channels == 3 and len(mean) == 1:  # grayscale data repeated to RGB
+        mean, std = mean * 3, std * 3
+    if channels == 1 and len(mean) == 3:
+        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+    return tuple(mean), tuple(std)
 
 
 # --------------------------------------------------------------------------------------------------

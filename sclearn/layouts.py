@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal, Union
+from typing import Literal
 
 from torch import Tensor, nn
 
 LayoutName = Literal["auto", "nchw", "nhwc", "tokens"]
-Layout = Union[LayoutName, Callable[[Tensor], Tensor]]
+Layout = LayoutName | Callable[[Tensor], Tensor]
 LAYOUTS: tuple[str, ...] = ("auto", "nchw", "nhwc", "tokens")
 
 

@@ -58,7 +58,7 @@ def probe_checkpoint(source: str | Path, *, layer: str | None = None, pool: int 
                                             val_per_class=cfg.val_per_class, seed=cfg.split_seed,
                                             indices_file=str(indices) if indices.is_file() else None)
     labeled = splits.labeled if max_train is None else splits.labeled.select(range(min(max_train, len(splits.labeled))))
-    mean, std = sc_data.dataset_stats(splits.unlabeled)
+    mean, std = sc_data.normalization_stats(splits, channels=cfg.channels)  # what the run trained on
     tf = sc_data.build_transform(train=False, image_size=cfg.image_size, mean=mean, std=std, channels=cfg.channels)
     loaders = {name: sc_data.make_loader(sc_data.with_image_transform(ds, tf), 256, shuffle=False)
                for name, ds in (("train", labeled), ("test", splits.test))}

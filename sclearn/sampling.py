@@ -10,15 +10,15 @@ Axis legend: B = batch, P = patches per image, C = channels, (H, W) = map size, 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 from einops import rearrange, reduce
 from torch import Tensor
 
-Side = Union[int, float]
-PatchSize = Union[Side, tuple[Side, Side]]
-MinOffset = Union[int, Literal["disjoint"]]
+Side = int | float
+PatchSize = Side | tuple[Side, Side]
+MinOffset = int | Literal["disjoint"]
 
 _MAX_REJECTION_ROUNDS = 1000
 

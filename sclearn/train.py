@@ -46,15 +46,6 @@ class NonFiniteLossError(RuntimeError):
     """A loss term became NaN or inf; the last good checkpoint is kept."""
 
 
-def _mean_std_for(config: TrainConfig, splits) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    mean, std = sc_data.dataset_stats(splits.labeled if splits.unlabeled is None else splits.unlabeled)
-    if config.channels == 3 and len(mean) == 1:  # grayscale data repeated to RGB
-        mean, std = mean * 3, std * 3
-    if config.channels == 1 and len(mean) == 3:
-        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
-    return tuple(mean), tuple(std)
-
-
 class _CyclingLoader:
     """An endless view of a resumable loader whose position is a single counter.
 
@@ -229,7 +220,7 @@ class Trainer:
     def _make_loaders(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         """(training loaders, eval loaders, probe loaders). Training loaders are resumable and sharded."""
         cfg, s, acc = self.config, self.splits, self.accelerator
-        mean, std = _mean_std_for(cfg, s)
+        mean, std = sc_data.normalization_stats(s, channels=cfg.channels)
         common = dict(image_size=cfg.image_size, mean=mean, std=std, channels=cfg.channels)
         train_tf = sc_data.build_transform(train=True, translate=cfg.translate, hflip=cfg.hflip, **common)
         eval_tf = sc_data.build_transform(train=False, **common)
@@ -248,8 +239,9 @@ class Trainer:
         stages = set(cfg.stages)
         if stages & {"supervised", "finetune", "joint"}:
             # Joint steps concatenate with an unlabelled batch, so keep labelled batches full (DDP: equal).
-            joint = "joint" in stages and len(s.labeled) // acc.num_processes >= cfg.batch_size
-            train["labeled"] = train_loader(s.labeled, cfg.batch_size, drop_last=joint)
+            drop_last = "joint" in stages if cfg.labeled_drop_last is None else cfg.labeled_drop_last
+            full = len(s.labeled) // acc.num_processes >= cfg.batch_size  # else one ragged batch is all there is
+            train["labeled"] = train_loader(s.labeled, cfg.batch_size, drop_last=drop_last and full)
         if stages & set(SC_STAGES):
             bs = cfg.unlabeled_batch_size if "joint" in stages else cfg.sc_batch_size
             if len(s.unlabeled) // acc.num_processes < bs:
@@ -321,7 +313,8 @@ class Trainer:
 
     def _total_steps(self, stage: str) -> int:
         total = self.config.epochs_for(stage) * self._steps_per_epoch(stage)
-        return min(total, self.config.max_steps) if self.config.max_steps else total
+        cap = self.config.max_steps_for(stage)
+        return min(total, cap) if cap else total
 
     def _make_scheduler(self, stage: str):
         cfg, opt = self.config, self.optimizers[stage]
@@ -574,7 +567,12 @@ class Trainer:
             results["best_val_acc"] = max(results.get("best_val_acc", 0.0), record["val_acc"])
         self._write_metrics(record)
         st.update(epoch=epoch + 1, batch_in_epoch=0, epoch_loss_sum=0.0, epoch_loss_count=0)
-        self.checkpoints.save(st)
+        # A step checkpoint that falls on an epoch end is taken here, after the epoch's evaluation; the
+        # stage's last state is saved by fit(). No checkpoint per epoch: with tiny labelled sets an epoch is
+        # a step or two.
+        stage_over = st["stage_step"] >= self._total_steps(stage) or epoch + 1 == cfg.epochs_for(stage)
+        if cfg.checkpoint_every and st["stage_step"] % cfg.checkpoint_every == 0 and not stage_over:
+            self.checkpoints.save(st)
 
     @torch.no_grad()
     def accuracy(self, loader) -> float:

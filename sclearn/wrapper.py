@@ -165,8 +165,9 @@ class MultiLayerSC(nn.Module):
         state = self._state
         if x.device not in state.capturing:
             return
-        fmap = self._layouts[name](x, state.input_hw.get(x.device))  # (B, C, H, W)
-        state.patches[x.device][name] = self.loss_for(name).sample(fmap)  # (B, P, D)
+        with torch.profiler.record_function("sclearn.sc_sample"):  # a named span in profiler traces
+            fmap = self._layouts[name](x, state.input_hw.get(x.device))  # (B, C, H, W)
+            state.patches[x.device][name] = self.loss_for(name).sample(fmap)  # (B, P, D)
 
     def remove_hooks(self) -> None:
         """Detach every hook. The backbone is left exactly as it was before wrapping."""
@@ -226,8 +227,9 @@ class MultiLayerSC(nn.Module):
         not_run = [n for n in self.layers if n not in patches]
         if not_run:
             raise RuntimeError(f"hooked layers {not_run} did not run in the backbone's forward pass")
-        sc_losses = {n: self.loss_for(n).score(patches[n]) for n in self.layers}
-        sc_loss = sum(self.weights[n] * sc_losses[n] for n in self.layers)
+        with torch.profiler.record_function("sclearn.sc_score"):
+            sc_losses = {n: self.loss_for(n).score(patches[n]) for n in self.layers}
+            sc_loss = sum(self.weights[n] * sc_losses[n] for n in self.layers)
         return SCOutput(logits=logits if return_logits else None, sc_losses=sc_losses, sc_loss=sc_loss)
 
     @torch.no_grad()

@@ -497,6 +497,23 @@ def test_dataset_stats_exact_on_constant_images():
     assert mean == pytest.approx((1.0, 0.0, 0.2)) and std == pytest.approx((0, 0, 0), abs=1e-6)
 
 
+
+def test_normalization_stats_follow_the_unlabelled_images_and_the_channel_count():
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+
+    def gray_ds(values):
+        imgs = [{"bytes": png_bytes(np.full((4, 4), v, np.uint8)), "path": None} for v in values]
+        return datasets.Dataset.from_dict({"image": imgs, "label": [0] * len(values)}, features=feats)
+
+    labeled, unlabeled = gray_ds([255, 255]), gray_ds([0, 255, 0, 255])  # mean 1.0 vs mean 0.5, std 0.5
+    splits = D.SemiSupervisedSplits(labeled=labeled, unlabeled=unlabeled, test=labeled, val=None, num_classes=2,
+                                    class_names=["a", "b"], indices={})
+    assert D.normalization_stats(splits, channels=1) == pytest.approx(((0.5,), (0.5,)))
+    assert D.normalization_stats(splits, channels=3) == pytest.approx(((0.5,) * 3, (0.5,) * 3))
+    splits.unlabeled = None  # supervised on everything: the labelled images decide
+    assert D.normalization_stats(splits, channels=1) == pytest.approx(((1.0,), (0.0,)), abs=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------- loaders
 
 

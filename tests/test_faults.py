@@ -69,6 +69,6 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted(idx_dir, tmp
     ref_w, got_w = load_file(str(ref_out / "backbone.safetensors")), load_file(str(out / "backbone.safetensors"))
     for k in ref_w:
         assert torch.equal(ref_w[k], got_w[k]), k
-    strip = lambda p: [{k: v for k, v in json.loads(x).items() if k != "img_per_s"}  # noqa: E731
+    strip = lambda p: [{k: v for k, v in json.loads(x).items() if k != "img_per_s"}
                        for x in p.read_text().splitlines()]
     assert strip(out / "metrics.jsonl") == strip(ref_out / "metrics.jsonl")

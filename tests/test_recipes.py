@@ -17,7 +17,7 @@ def run(args: list[str], tmp_path: Path, launcher: list[str] | None = None) -> s
     env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "hf"), "HF_DATASETS_OFFLINE": "1",
            "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "250"}
     cmd = (launcher or [sys.executable]) + args
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
 def check_run(proc: subprocess.CompletedProcess, out: Path) -> dict:

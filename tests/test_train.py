@@ -74,9 +74,62 @@ def test_joint_lowers_ce_and_sc(idx_dir, tmp_path):
     Trainer(cfg).fit()
     steps = [r for r in read_metrics(Path(cfg.output_dir)) if "ce" in r and "event" not in r]
     first, last = steps[:3], steps[-3:]
-    mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
+    mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)
     assert mean(last, "ce") < mean(first, "ce")
     assert mean(last, "sc") < mean(first, "sc")
+
+
+def _record_saves(monkeypatch) -> list[tuple[str, int, int]]:
+    """Patch CheckpointManager.save to also record (stage index, stage step, batch in epoch) of every save."""
+    real_save, saves = CheckpointManager.save, []
+
+    def save(self, state):
+        saves.append((state["stage_index"], state["stage_step"], state["batch_in_epoch"]))
+        return real_save(self, state)
+
+    monkeypatch.setattr(CheckpointManager, "save", save)
+    return saves
+
+
+def test_checkpoint_every_none_saves_only_at_stage_ends(idx_dir, tmp_path, monkeypatch):
+    saves = _record_saves(monkeypatch)
+    # 50 labelled images, batch 16: 4 steps per epoch, 3 epochs; pretrain: 1 epoch
+    cfg = tiny_config(idx_dir, tmp_path, mode="two_stage", epochs=3, checkpoint_every=None)
+    Trainer(cfg).fit()
+    assert len(saves) == 2  # one per stage, none per epoch
+    assert [s[0] for s in saves] == [1, 2]  # saved after stage 0 and after stage 1 (stage_index advanced)
+    assert len(list_checkpoints(Path(cfg.output_dir) / "checkpoints")) == 2
+
+
+def test_checkpoint_every_n_saves_at_multiples_of_n_and_at_the_end(idx_dir, tmp_path, monkeypatch):
+    saves = _record_saves(monkeypatch)
+    cfg = tiny_config(idx_dir, tmp_path, mode="supervised", epochs=3, checkpoint_every=2, keep_checkpoints=10)
+    trainer = Trainer(cfg)
+    assert trainer._steps_per_epoch("supervised") == 4  # ceil(50 / 16): the ragged batch is kept
+    trainer.fit()
+    # 12 steps, 4 per epoch. Steps 2, 6, 10 are mid-epoch (batch 2 done); steps 4 and 8 end an epoch and are
+    # saved after it (batch_in_epoch back to 0); step 12 ends the stage and is saved once, by fit().
+    assert saves == [(0, 2, 2), (0, 4, 0), (0, 6, 2), (0, 8, 0), (0, 10, 2), (1, 0, 0)]
+
+
+def test_pretrain_max_steps_caps_only_the_sc_stage(idx_dir, tmp_path):
+    cfg = tiny_config(idx_dir, tmp_path, mode="two_stage", pretrain_epochs=5, epochs=5, pretrain_max_steps=2,
+                      max_steps=3, checkpoint_every=None)
+    summary = Trainer(cfg).fit()
+    assert summary["stages"]["pretrain"]["steps"] == 2
+    assert summary["stages"]["finetune"]["steps"] == 3
+    assert TrainConfig(max_steps=7).max_steps_for("pretrain") == 7  # unset: max_steps caps both stages
+    with pytest.raises(ValueError, match="pretrain_max_steps"):
+        TrainConfig(pretrain_max_steps=0)
+
+
+@pytest.mark.parametrize("drop_last, steps_per_epoch", [(None, 4), (False, 4), (True, 3)])
+def test_labeled_drop_last(idx_dir, tmp_path, drop_last, steps_per_epoch):
+    cfg = tiny_config(idx_dir, tmp_path, mode="supervised", labeled_drop_last=drop_last)
+    trainer = Trainer(cfg)
+    assert trainer._steps_per_epoch("supervised") == steps_per_epoch  # 50 images, batch 16
+    sizes = [len(y) for _, y in trainer.loaders["labeled"]]
+    assert sizes == ([16, 16, 16] if drop_last else [16, 16, 16, 2])
 
 
 def _final_weights(run: Path) -> dict[str, torch.Tensor]:
@@ -113,7 +166,7 @@ def test_resume_mid_epoch_gives_identical_weights(idx_dir, tmp_path, monkeypatch
     assert got.keys() == ref.keys()
     for k in ref:
         assert torch.equal(got[k], ref[k]), k
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("img_per_s",)} for r in rs]  # noqa: E731
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("img_per_s",)} for r in rs]
     assert strip(read_metrics(Path(cfg.output_dir))) == strip(read_metrics(Path(ref_cfg.output_dir)))
 
 
