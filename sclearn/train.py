@@ -517,10 +517,11 @@ class Trainer:
         values = {k: float(v) for k, v in terms.items()}
         if self.config.on_nonfinite == "raise":
             latest = self.checkpoints.latest()
+            kept = (f"The last good checkpoint is {latest}." if latest is not None else
+                    "No checkpoint was written yet (checkpoint_every sets how often).")
             raise NonFiniteLossError(
                 f"non-finite loss at step {step} (stage {stage!r}, epoch {st['epoch']}): "
-                f"{values}. The last good checkpoint is {latest}. Lower the lr or sc_weight, or set "
-                f"on_nonfinite='skip' to skip such steps."
+                f"{values}. {kept} Lower the lr or sc_weight, or set on_nonfinite='skip' to skip such steps."
             )
         st["nonfinite_skipped"] += 1
         self._write_metrics({"step": step, "stage": stage, "event": "nonfinite_skipped", **values})

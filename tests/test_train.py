@@ -259,6 +259,20 @@ def test_nonfinite_loss_raise_and_skip(idx_dir, tmp_path, monkeypatch):
         trainer.fit()
     assert list_checkpoints(Path(cfg.output_dir) / "checkpoints")  # step 1's checkpoint is kept
 
+    cfg0 = tiny_config(idx_dir, tmp_path, mode="joint", epochs=1, checkpoint_every=None,
+                       output_dir=str(tmp_path / "none"))
+    trainer0 = Trainer(cfg0)
+    real0 = trainer0._losses
+
+    def poisoned0(stage, batch, lab):
+        terms, n = real0(stage, batch, lab)
+        terms["loss"] = terms["loss"] * float("nan")
+        return terms, n
+
+    monkeypatch.setattr(trainer0, "_losses", poisoned0)
+    with pytest.raises(NonFiniteLossError, match="No checkpoint was written yet"):
+        trainer0.fit()
+
     cfg2 = tiny_config(idx_dir, tmp_path, mode="joint", epochs=1, on_nonfinite="skip", output_dir=str(tmp_path / "s"))
     trainer2 = Trainer(cfg2)
     real2, calls["n"] = trainer2._losses, 0
