@@ -19,6 +19,7 @@ PAPER_DEFAULTS = dict(
     channels=3,
     translate=2,
     mode="two_stage",
+    preset="paper",
     patch_size=0.55,
     pretrain_lr=0.1,
     lr=0.01,

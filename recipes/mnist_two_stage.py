@@ -19,6 +19,7 @@ PAPER_DEFAULTS = dict(
     translate=2,
     hflip=False,
     mode="two_stage",
+    preset="paper",
     patch_size=6,  # of 7 cells: almost the entire image
     pretrain_lr=0.1,
     lr=0.01,

@@ -19,6 +19,7 @@ PAPER_DEFAULTS = dict(
     channels=3,
     translate=6,  # ~6% of 96 px, the same fraction as 2 px on 32 px
     mode="two_stage",
+    preset="paper",
     patch_size=0.55,  # 0.55^2 ~ 30% of the map area
     pretrain_lr=0.1,
     lr=0.01,

@@ -10,6 +10,7 @@ from .losses import (
     paper_loss,
     spatial_contrastive_loss,
 )
+from .presets import SC_PRESETS, sc_preset
 from .sampling import resolve_patch_size, sample_patch_positions, sample_patches
 from .wrapper import MultiLayerSC, SCOutput
 
@@ -29,6 +30,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'sclearn' has no attribute {name!r}")
 
 __all__ = [
+    "SC_PRESETS",
     "MultiLayerSC",
     "NonFiniteLossError",
     "PatchProjector",
@@ -48,5 +50,6 @@ __all__ = [
     "resolve_patch_size",
     "sample_patch_positions",
     "sample_patches",
+    "sc_preset",
     "spatial_contrastive_loss",
 ]

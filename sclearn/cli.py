@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .config import MODES, TrainConfig
+from .presets import SC_PRESETS, sc_preset
 
 
 def _patch_size(text: str) -> int | float:
@@ -26,7 +27,6 @@ def _optional_int(text: str) -> int | None:
     return None if text.lower() in ("none", "all") else int(text)
 
 
-# flag, TrainConfig field, type, help. Defaults come from the recipe.
 def _auto_bool(value: str) -> bool | None:
     words = {"auto": None, "true": True, "false": False}
     if value.lower() not in words:
@@ -34,6 +34,7 @@ def _auto_bool(value: str) -> bool | None:
     return words[value.lower()]
 
 
+# flag, TrainConfig field, type, help. Defaults come from the recipe.
 FLAGS: list[tuple[str, str, Any, str]] = [
     ("--data", "data", str, "data source: a hub id, parquet:<dir>, imagefolder:<dir> or idx:<dir>"),
     ("--protocol", "protocol", str, "paper split protocol: cifar10 | stl10 | mnist (or 'none')"),
@@ -56,7 +57,8 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--schedule", "schedule", str, "lr schedule: plateau (paper) | cosine | constant"),
     ("--warmup-steps", "warmup_steps", int, "linear warm-up steps for the cosine schedule"),
     ("--sc-weight", "sc_weight", float, "joint: lambda in CE + lambda * SC"),
-    ("--sc-rampup-steps", "sc_rampup_steps", int, "joint: ramp lambda linearly from 0 over this many steps"),
+    ("--sc-rampup-steps", "sc_rampup_steps", _patch_size,
+     "joint: ramp lambda linearly from 0 over this many steps (or this fraction of the stage, e.g. 0.2)"),
     ("--patch-size", "patch_size", _patch_size, "SC patch side: int cells or a fraction of the map side"),
     ("--distance", "distance", str, "SC distance: l2 (paper) | sqeuclidean | cosine"),
     ("--temperature", "temperature", float, "SC softmax temperature (paper: 1)"),
@@ -83,13 +85,33 @@ FLAGS: list[tuple[str, str, Any, str]] = [
 ]
 
 
+def with_preset(defaults: dict[str, Any], argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """The recipe's defaults with the SC preset of ``--preset`` in ``argv`` (else the recipe's own) laid over them.
+
+    Order of precedence, lowest first: TrainConfig's defaults, the recipe's, the preset's, explicit flags.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default=defaults.get("preset"))
+    name = pre.parse_known_args(argv)[0].preset
+    merged = dict(defaults)
+    if name is not None:
+        merged.update(sc_preset(name))
+    merged["preset"] = name
+    return merged
+
+
 def build_parser(defaults: dict[str, Any], description: str) -> argparse.ArgumentParser:
-    """An argparse parser whose defaults are the recipe's; ``--help`` shows them."""
+    """An argparse parser whose defaults are the recipe's (after :func:`with_preset`); ``--help`` shows them."""
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    base = TrainConfig(**{k: v for k, v in defaults.items() if k != "mode"}, mode="supervised").to_dict()
+    fields = {k: v for k, v in defaults.items() if k not in ("mode", "preset")}
+    base = TrainConfig(**fields, mode="supervised").to_dict()
     base["mode"] = defaults.get("mode", "supervised")
+    parser.add_argument("--preset", default=defaults.get("preset"), choices=sorted(SC_PRESETS),
+                        help="SC settings by name, over the recipe's defaults (explicit flags still win): paper = "
+                             "the paper's L2/flatten/lambda 1; tuned = the ablation's joint choice (cosine T 0.1, "
+                             "mean-pooled patches, lambda 0.1 ramped over 20%%); see sclearn/presets.py")
     for flag, name, kind, help_text in FLAGS:
         parser.add_argument(flag, dest=name, type=kind, default=base[name], help=help_text)
     parser.add_argument("--layers", nargs="+", default=list(base["layers"]),
@@ -124,6 +146,7 @@ def build_parser(defaults: dict[str, Any], description: str) -> argparse.Argumen
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = vars(args).copy()
     values.pop("overwrite", None)
+    values.pop("preset", None)  # already applied to the defaults
     if values.get("protocol") in ("none", ""):
         values["protocol"] = None
     values["layers"] = tuple(values["layers"])
@@ -141,7 +164,7 @@ def run_recipe(defaults: dict[str, Any], description: str, argv: Sequence[str] |
 
     from .train import Trainer
 
-    args = build_parser(defaults, description).parse_args(argv)
+    args = build_parser(with_preset(defaults, argv), description).parse_args(argv)
     config = config_from_args(args)
     rank0 = os.environ.get("RANK", "0") == "0"  # under accelerate launch only rank 0 deletes
     if args.overwrite and rank0 and Path(config.output_dir).exists() and not config.resume:

@@ -61,7 +61,8 @@ class TrainConfig:
         schedule: ``"plateau"`` (paper: lr / 10 when the epoch's loss stops improving), ``"cosine"``
             (with ``warmup_steps``) or ``"constant"``.
         sc_weight: lambda of the joint loss ``CE + lambda * sum_l w_l SC_l``; sc_rampup_steps ramps it
-            linearly from 0.
+            linearly from 0 over that many steps (an int), or over that fraction of the stage's steps (a float
+            in (0, 1), e.g. 0.2).
         unlabeled_ratio: Joint mode: unlabelled images per labelled image in each step.
         grad_accum_steps: Micro-batches per optimizer step.
         gather_negatives: Contrast against the patches of every process (all_gather with gradient).
@@ -124,7 +125,7 @@ class TrainConfig:
     warmup_steps: int = 0
     plateau_patience: int = 1
     sc_weight: float = 1.0
-    sc_rampup_steps: int = 0
+    sc_rampup_steps: int | float = 0
     grad_accum_steps: int = 1
     gather_negatives: bool = False
     mixed_precision: str = "no"
@@ -178,6 +179,12 @@ class TrainConfig:
         for name in ("max_steps", "pretrain_max_steps", "checkpoint_every"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1 or None, got {getattr(self, name)}")
+        ramp = self.sc_rampup_steps
+        if ramp < 0 or (isinstance(ramp, float) and not ramp.is_integer() and ramp >= 1):
+            raise ValueError(
+                f"TrainConfig.sc_rampup_steps={ramp!r}: give a number of steps (an int >= 0) or a fraction of "
+                "the stage's steps (a float in (0, 1))"
+            )
         if self.temperature <= 0 or self.unlabeled_ratio <= 0:
             raise ValueError("TrainConfig.temperature and unlabeled_ratio must be > 0")
         if self.uses_sc and self.sc_batch_size < 2:

@@ -498,9 +498,12 @@ class Trainer:
 
     def _sc_weight(self) -> float:
         cfg = self.config
-        if cfg.sc_rampup_steps <= 0:
+        ramp = cfg.sc_rampup_steps
+        if 0 < ramp < 1:  # a fraction of the stage
+            ramp = ramp * self._total_steps(self.config.stages[self.state["stage_index"]])
+        if ramp <= 0:
             return cfg.sc_weight
-        return cfg.sc_weight * min(1.0, self.state["stage_step"] / cfg.sc_rampup_steps)
+        return cfg.sc_weight * min(1.0, self.state["stage_step"] / ramp)
 
     def _any_process(self, flag: Tensor) -> bool:
         """True when ``flag`` is set on any process: all must agree to skip a step, or DDP would hang."""

@@ -58,6 +58,30 @@ def test_recipe_help_explains_every_flag(tmp_path):
     assert "uoft-cs/cifar10" in proc.stdout  # the paper default is shown
 
 
+def test_presets_lie_under_explicit_flags_and_over_recipe_defaults():
+    from sclearn.cli import build_parser, config_from_args, with_preset
+    from sclearn.presets import SC_PRESETS, sc_preset
+
+    recipe = dict(data="x", mode="joint", backbone="sc_mnist", layers=("stages.1",), patch_size=5, sc_weight=3.0,
+                  preset="tuned")
+
+    def config(*argv):
+        return config_from_args(build_parser(with_preset(recipe, list(argv)), "t").parse_args(list(argv)))
+
+    tuned = config()
+    assert (tuned.distance, tuned.temperature, tuned.pool, tuned.patch_size, tuned.sc_weight,
+            tuned.sc_rampup_steps) == ("cosine", 0.1, "mean", 0.43, 0.1, 0.2)  # the preset beats the recipe
+    paper = config("--preset", "paper")
+    assert (paper.distance, paper.temperature, paper.pool, paper.sc_weight, paper.sc_rampup_steps) == (
+        "l2", 1.0, "flatten", 1.0, 0)
+    assert paper.patch_size == 5  # the paper preset leaves the recipe's (per-dataset) patch size alone
+    mixed = config("--preset", "paper", "--sc-weight", "0.3", "--sc-rampup-steps", "0.25")
+    assert (mixed.distance, mixed.sc_weight, mixed.sc_rampup_steps) == ("l2", 0.3, 0.25)  # flags win
+    assert set(SC_PRESETS) == {"paper", "tuned"}
+    with pytest.raises(ValueError, match="unknown SC preset 'best'.*paper"):
+        sc_preset("best")
+
+
 def test_fashion_mnist_stand_in_with_any_timm_backbone(idx_dir, tmp_path):
     out = tmp_path / "r18"
     proc = run(["recipes/cifar10_joint.py", "--data", f"idx:{idx_dir}", "--protocol", "none", "--labels-per-class",

@@ -79,6 +79,19 @@ def test_joint_lowers_ce_and_sc(idx_dir, tmp_path):
     assert mean(last, "sc") < mean(first, "sc")
 
 
+@pytest.mark.parametrize("ramp", [4, 0.5])  # 4 steps, or half of the 8-step stage: the same ramp
+def test_sc_weight_ramps_linearly_over_steps_or_a_fraction_of_the_stage(idx_dir, tmp_path, ramp):
+    cfg = tiny_config(idx_dir, tmp_path, mode="joint", epochs=100, max_steps=8, sc_weight=2.0,
+                      sc_rampup_steps=ramp, log_every=1, checkpoint_every=None)
+    Trainer(cfg).fit()
+    logged = [r["sc_weight"] for r in read_metrics(Path(cfg.output_dir)) if "sc_weight" in r]
+    # logged after step k: the weight of step k + 1, i.e. 2.0 * min(1, k / 4)
+    assert logged == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0, 2.0, 2.0, 2.0])
+    for bad in (1.5, -1):
+        with pytest.raises(ValueError, match="sc_rampup_steps"):
+            TrainConfig(sc_rampup_steps=bad)
+
+
 def _record_saves(monkeypatch) -> list[tuple[str, int, int]]:
     """Patch CheckpointManager.save to also record (stage index, stage step, batch in epoch) of every save."""
     real_save, saves = CheckpointManager.save, []
