@@ -545,7 +545,8 @@ def result_key(args: argparse.Namespace, device: torch.device) -> str:
     if device.type == "cpu":
         parts += [f"{torch.get_num_threads()}threads", f"{args.clock}clock"]
     parts += [flag for flag, on in (("bf16", args.amp == "bf16"), ("channels_last", args.channels_last),
-                                    ("compile", args.compile), ("smoke", args.smoke)) if on]
+                                    ("compile", args.compile), ("profile", bool(args.profile)),
+                                    ("smoke", args.smoke)) if on]
     if list(args.cases) != list(CASES):  # a subset of the cases gets its own block
         parts.append("+".join(args.cases))
     return "-".join(parts)

@@ -114,8 +114,12 @@ def sample_patch_positions(
     """
     if min_offset != 0:
         _check_offset_feasible(map_hw, patch_hw, min_offset)
-    # Draw on the generator's device (a CPU generator cannot drive CUDA sampling), then move.
-    draw_device = generator.device if generator is not None else device
+    # Draw on the generator's device (a CPU generator cannot drive CUDA sampling), then move. Rejection looks
+    # at every round's result on the host, so without a generator it draws on the CPU: no device syncs.
+    if generator is not None:
+        draw_device = generator.device
+    else:
+        draw_device = "cpu" if min_offset != 0 else device
     n_top, n_left = map_hw[0] - patch_hw[0] + 1, map_hw[1] - patch_hw[1] + 1
 
     def draw(n: int) -> tuple[Tensor, Tensor]:
