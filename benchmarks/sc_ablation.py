@@ -319,7 +319,12 @@ def run_search(args) -> None:
 def run_search_round3(args) -> None:
     """Round 3: R3_VARIANTS from the config chosen so far, plus supervised-only at the same step budget."""
     lpc, seed = args.labels_per_class[0], args.search_seed
-    sel = selection(args.results_dir, seed, steps=args.base_steps)
+    recs = _load(args.results_dir, "search")
+    r1_steps = sorted({r["steps"] for r in recs if r["name"].startswith("r1_")})
+    if args.base_steps is None and not r1_steps:
+        raise SystemExit(f"round 3 starts from round 1's choice, and {args.results_dir}/search has no round-1 "
+                         "runs: run --stage search (--round 1) first, or pass --base-steps")
+    sel = selection(args.results_dir, seed, steps=args.base_steps or r1_steps[0])
     base = dict(sel["sc_params"])
     heads = sel["heads"]
     specs = [_spec(args, "search", f"r0_sup_{heads['supervised']}", "supervised", {"head": heads["supervised"]},
@@ -336,12 +341,16 @@ def run_search_round3(args) -> None:
     _run_all(specs, args.jobs)
 
 
-def selection(results_dir: Path, search_seed: int, steps: int | None = 600) -> dict[str, Any]:
+def selection(results_dir: Path, search_seed: int, steps: int | None) -> dict[str, Any]:
     """Heads and SC config chosen on val among the search runs of ``steps`` optimizer steps (None: all).
 
     With confirmation seeds, SC configs are ranked by mean val.
     """
-    recs = [r for r in _load(results_dir, "search") if steps is None or r["steps"] == steps]
+    all_recs = _load(results_dir, "search")
+    recs = [r for r in all_recs if steps is None or r["steps"] == steps]
+    if all_recs and not recs:
+        raise SystemExit(f"no search runs of {steps} steps in {results_dir}/search (there are runs of "
+                         f"{sorted({r['steps'] for r in all_recs})} steps): pass --base-steps")
     heads = best_heads([r for r in recs if r["seed"] == search_seed])
     by_name: dict[str, list[dict[str, Any]]] = {}
     for r in recs:
@@ -355,7 +364,7 @@ def selection(results_dir: Path, search_seed: int, steps: int | None = 600) -> d
 
 
 def run_final(args) -> None:
-    sel = selection(args.results_dir, args.search_seed, steps=args.base_steps)
+    sel = selection(args.results_dir, args.search_seed, steps=args.base_steps or args.steps)
     if args.sc_config:
         sel["sc_params"], sel["sc_name"] = json.loads(args.sc_config), "custom"
     specs = []
@@ -370,7 +379,7 @@ def run_final(args) -> None:
 
 
 def run_probe(args) -> None:
-    sel = selection(args.results_dir, args.search_seed, steps=args.base_steps)
+    sel = selection(args.results_dir, args.search_seed, steps=args.base_steps or args.steps)
     params = json.loads(args.sc_config) if args.sc_config else sel["sc_params"]
     steps = args.probe_steps
     specs = []
@@ -399,7 +408,7 @@ def _describe(p: dict[str, Any]) -> str:
 
 def report(args) -> dict[str, Any]:
     search, final, probe = (_load(args.results_dir, s) for s in ("search", "final", "probe"))
-    sel = selection(args.results_dir, args.search_seed, steps=args.base_steps) if search else {}
+    sel = selection(args.results_dir, args.search_seed, steps=args.base_steps or args.steps) if search else {}
     out: dict[str, Any] = {"selection": sel, "search": [], "final": {}, "probe": {}}
     for r in sorted(search, key=lambda r: (r["steps"], r["seed"], r["name"])):
         out["search"].append({"name": r["name"], "seed": r["seed"], "lpc": r["labels_per_class"], "steps": r["steps"],
@@ -512,8 +521,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--round", type=int, choices=(1, 3), default=1,
                     help="search: 1 = rounds 0-2 (heads, one factor at a time, combination); 3 = R3_VARIANTS from "
                          "the config chosen so far, with supervised-only at the same --steps (default 1)")
-    ap.add_argument("--base-steps", type=int, default=600,
-                    help="search --round 3: start from the config chosen among the runs of this many steps")
+    ap.add_argument("--base-steps", type=int, default=None,
+                    help="choose heads and the SC config among the search runs of this many steps (default: "
+                         "--steps; search --round 3: the steps of the round-1 search)")
     ap.add_argument("--variants", nargs="*", default=[],
                     help="search --round 3: only these R3_VARIANTS names (default: all)")
     ap.add_argument("--confirm-top", type=int, default=0,

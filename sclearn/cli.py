@@ -19,6 +19,14 @@ def _patch_size(text: str) -> int | float:
     return float(text) if "." in text else int(text)
 
 
+def _steps_or_fraction(text: str) -> int | float:
+    try:
+        return float(text) if "." in text else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of steps (e.g. 500) or a fraction (e.g. 0.2), "
+                                         f"got {text!r}") from None
+
+
 def _min_offset(text: str) -> int | str:
     return text if text == "disjoint" else int(text)
 
@@ -57,7 +65,7 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--schedule", "schedule", str, "lr schedule: plateau (paper) | cosine | constant"),
     ("--warmup-steps", "warmup_steps", int, "linear warm-up steps for the cosine schedule"),
     ("--sc-weight", "sc_weight", float, "joint: lambda in CE + lambda * SC"),
-    ("--sc-rampup-steps", "sc_rampup_steps", _patch_size,
+    ("--sc-rampup-steps", "sc_rampup_steps", _steps_or_fraction,
      "joint: ramp lambda linearly from 0 over this many steps (or this fraction of the stage, e.g. 0.2)"),
     ("--patch-size", "patch_size", _patch_size, "SC patch side: int cells or a fraction of the map side"),
     ("--distance", "distance", str, "SC distance: l2 (paper) | sqeuclidean | cosine"),
@@ -91,7 +99,7 @@ def with_preset(defaults: dict[str, Any], argv: Sequence[str] | None = None) -> 
     Order of precedence, lowest first: TrainConfig's defaults, the recipe's, the preset's, explicit flags.
     """
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--preset", default=defaults.get("preset"))
+    pre.add_argument("--preset", default=defaults.get("preset"), choices=sorted(SC_PRESETS))
     name = pre.parse_known_args(argv)[0].preset
     merged = dict(defaults)
     if name is not None:

@@ -72,7 +72,8 @@ class TrainConfig:
             steps" with ``max_steps=M``). None: ``max_steps`` caps it too.
         labeled_drop_last: Drop the ragged last labelled batch of an epoch. None: only in joint mode (whose
             steps pair every labelled batch with a full unlabelled one). Set True to give supervised-only runs
-            the same full labelled batches as joint runs in a matched comparison.
+            the same full labelled batches as joint runs in a matched comparison. Ignored when a process's
+            share of the labelled set is smaller than one batch (the ragged batch is then all there is).
 
     Evaluation:
         eval_every: Evaluate every N epochs (and after the last). eval_test: also score the test split
@@ -155,6 +156,8 @@ class TrainConfig:
             self.layer_weights = tuple(float(w) for w in self.layer_weights)
         if self.layer_patch_sizes is not None:
             self.layer_patch_sizes = tuple(self.layer_patch_sizes)
+        if self.checkpoint_every == 0:  # 0 has always meant "no step checkpoints"
+            self.checkpoint_every = None
         self.validate()
 
     def validate(self) -> None:

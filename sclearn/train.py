@@ -443,7 +443,9 @@ class Trainer:
                 if st["stage_step"] % cfg.log_every == 0:
                     self._log_window(stage, epoch, log, opt, bar)
                 end_of_epoch = st["batch_in_epoch"] == n_batches
-                if cfg.checkpoint_every and st["stage_step"] % cfg.checkpoint_every == 0 and not end_of_epoch:
+                # Epoch ends save in _end_epoch (after evaluation) and the stage's last step in fit().
+                mid_epoch = not end_of_epoch and st["stage_step"] < total
+                if cfg.checkpoint_every and st["stage_step"] % cfg.checkpoint_every == 0 and mid_epoch:
                     if log.count:  # the epoch's loss sum must be complete in the saved state
                         self._log_window(stage, epoch, log, opt, bar)
                     self.checkpoints.save(st)
