@@ -100,12 +100,29 @@ R3_VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("unlabelled", "ratio4", {"unlabeled_ratio": 4.0}),
     ("projector", "proj64", {"projector_dim": 64}),
 ]
+# Round 4 (session 2): the fine-tune protocol ("the protocol matters as much as the loss", FINDINGS.md).
+# Two-stage from the round-1 choice's loss with a longer SC pre-training (PRETRAIN_R4 steps), then --steps of
+# fine-tuning with the SC-trained early stages frozen (TrainConfig.freeze), against the same freezing on random
+# weights (supervised arm): do SC features beat random ones when only the top of the net learns from labels?
+PRETRAIN_R4 = 1500
+FREEZE_01, FREEZE_0 = ("stages.0", "stages.1"), ("stages.0",)
+R4_VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("ft_freeze01", "sc", {"mode": "two_stage", "pretrain_max_steps": PRETRAIN_R4, "freeze": FREEZE_01}),
+    ("sup_freeze01", "supervised", {"freeze": FREEZE_01}),
+    ("ft_freeze0", "sc", {"mode": "two_stage", "pretrain_max_steps": PRETRAIN_R4, "freeze": FREEZE_0}),
+    ("ft_l2mean_freeze01", "sc", {"mode": "two_stage", "pretrain_max_steps": PRETRAIN_R4, "freeze": FREEZE_01,
+                                  "distance": "l2", "temperature": 1.0}),
+    ("ft_nofreeze", "sc", {"mode": "two_stage", "pretrain_max_steps": PRETRAIN_R4}),
+    ("sup_freeze0", "supervised", {"freeze": FREEZE_0}),
+]
 # The paper-faithful reference (FINDINGS.md): L2, T=1, 5x5 flattened patches, lambda 1, no ramp.
 PAPER_SC: dict[str, Any] = dict(distance="l2", temperature=1.0, pool="flatten", patch_size=5, min_offset=0,
                                 projector_dim=None, sc_weight=1.0, rampup=0.0)
 SC_KEYS = ("mode", "layers", "distance", "temperature", "pool", "patch_size", "min_offset", "projector_dim",
-           "sc_weight", "rampup", "unlabeled_ratio", "head", "num_patches", "layer_patch_sizes")
-OPTIONAL_SC_KEYS = ("num_patches", "layer_patch_sizes")  # absent from round-1 records: TrainConfig defaults
+           "sc_weight", "rampup", "unlabeled_ratio", "head", "num_patches", "layer_patch_sizes",
+           "pretrain_max_steps", "freeze")
+# Absent from round-1 records: TrainConfig defaults.
+OPTIONAL_SC_KEYS = ("num_patches", "layer_patch_sizes", "pretrain_max_steps", "freeze")
 COMBO_MARGIN = 0.005  # a round-1 change enters the round-2 combination if it beat the start by >= 0.5 pt
 
 
@@ -120,7 +137,7 @@ def _train_config(spec: dict[str, Any]):
               eval_test=spec["eval_test"], output_dir=spec["run_dir"],
               model_kwargs=dict(HEADS[p.get("head", "paper")]))
     if arm == "supervised":
-        kw.update(mode="supervised")
+        kw.update(mode="supervised", freeze=tuple(p.get("freeze") or ()))
         return TrainConfig(**kw)
     kw.update(mode=p["mode"], layers=tuple(p["layers"]), distance=p["distance"], temperature=p["temperature"],
               pool=p["pool"], patch_size=p["patch_size"], min_offset=p["min_offset"],
@@ -341,6 +358,29 @@ def run_search_round3(args) -> None:
     _run_all(specs, args.jobs)
 
 
+def run_search_round4(args) -> None:
+    """Round 4: R4_VARIANTS (fine-tune protocols) from the round-1 choice's SC loss."""
+    lpc, seed = args.labels_per_class[0], args.search_seed
+    recs = _load(args.results_dir, "search")
+    r1_steps = sorted({r["steps"] for r in recs if r["name"].startswith("r1_")})
+    if args.base_steps is None and not r1_steps:
+        raise SystemExit("round 4 starts from round 1's choice: run --stage search (--round 1) first")
+    sel = selection(args.results_dir, seed, steps=args.base_steps or r1_steps[0])
+    specs = []
+    for name, arm, ch in R4_VARIANTS:
+        if args.variants and name not in args.variants:
+            continue
+        if arm == "supervised":
+            p = {"head": sel["heads"]["supervised"], **ch}
+        else:
+            p = dict(sel["sc_params"], **ch)
+            p["layers"] = list(p["layers"])
+        if p.get("freeze"):
+            p["freeze"] = list(p["freeze"])
+        specs.append(_spec(args, "search", f"r4_{name}", arm, p, lpc, seed, False))
+    _run_all(specs, args.jobs)
+
+
 def selection(results_dir: Path, search_seed: int, steps: int | None) -> dict[str, Any]:
     """Heads and SC config chosen on val among the search runs of ``steps`` optimizer steps (None: all).
 
@@ -402,7 +442,7 @@ def _ms(values: list[float]) -> str:
 
 def _describe(p: dict[str, Any]) -> str:
     if "mode" not in p:
-        return f"head={p['head']}"
+        return f"head={p['head']}" + (f", freeze={p['freeze']}" if p.get("freeze") else "")
     return ", ".join(f"{k}={p[k]}" for k in SC_KEYS if k in p)
 
 
@@ -518,14 +558,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
                     help="seeds of the final/probe stage; a seed fixes the label subset and the init (default 1 2 3)")
     ap.add_argument("--search-seed", type=int, default=0, help="seed of the search stage (default 0)")
-    ap.add_argument("--round", type=int, choices=(1, 3), default=1,
+    ap.add_argument("--round", type=int, choices=(1, 3, 4), default=1,
                     help="search: 1 = rounds 0-2 (heads, one factor at a time, combination); 3 = R3_VARIANTS from "
-                         "the config chosen so far, with supervised-only at the same --steps (default 1)")
+                         "the config chosen so far, with supervised-only at the same --steps; 4 = R4_VARIANTS, "
+                         "fine-tune protocols (longer SC pre-training, frozen early stages) (default 1)")
     ap.add_argument("--base-steps", type=int, default=None,
                     help="choose heads and the SC config among the search runs of this many steps (default: "
                          "--steps; search --round 3: the steps of the round-1 search)")
     ap.add_argument("--variants", nargs="*", default=[],
-                    help="search --round 3: only these R3_VARIANTS names (default: all)")
+                    help="search --round 3 / 4: only these R3_VARIANTS / R4_VARIANTS names (default: all)")
     ap.add_argument("--confirm-top", type=int, default=0,
                     help="search: re-run the N best SC configs and the supervised arm on --confirm-seeds (val only)")
     ap.add_argument("--confirm-seeds", type=int, nargs="+", default=[1], help="seeds for --confirm-top (default 1)")
@@ -568,6 +609,9 @@ def main(argv: list[str] | None = None) -> None:
         summary = report(args)
     elif args.stage == "search" and args.round == 3:
         run_search_round3(args)
+        summary = report(args)
+    elif args.stage == "search" and args.round == 4:
+        run_search_round4(args)
         summary = report(args)
     elif args.stage == "search":
         run_search(args)

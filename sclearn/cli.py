@@ -124,6 +124,8 @@ def build_parser(defaults: dict[str, Any], description: str) -> argparse.Argumen
         parser.add_argument(flag, dest=name, type=kind, default=base[name], help=help_text)
     parser.add_argument("--layers", nargs="+", default=list(base["layers"]),
                         help="layer names (from named_modules()) to attach SC to")
+    parser.add_argument("--freeze", nargs="*", default=list(base["freeze"]),
+                        help="backbone modules held fixed while fine-tuning / supervised (e.g. stages.0 stages.1)")
     parser.add_argument("--layer-patch-sizes", nargs="+", type=_patch_size, default=None,
                         help="one SC patch size per --layers entry (overrides --patch-size)")
     parser.add_argument("--layer-weights", nargs="+", type=float, default=None,
@@ -158,6 +160,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if values.get("protocol") in ("none", ""):
         values["protocol"] = None
     values["layers"] = tuple(values["layers"])
+    values["freeze"] = tuple(values.get("freeze") or ())
     for name in ("layer_patch_sizes", "layer_weights"):
         if values.get(name) is not None:
             values[name] = tuple(values[name])

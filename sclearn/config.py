@@ -17,6 +17,8 @@ STAGES_OF_MODE: dict[str, tuple[str, ...]] = {
     "two_stage": ("pretrain", "finetune"),
     "joint": ("joint",),
 }
+# Stages in which TrainConfig.freeze holds layers fixed: the CE-only ones.
+FREEZE_STAGES: tuple[str, ...] = ("supervised", "finetune")
 # The paper: SC at lr 0.1, then the supervised fine-tune at 0.01 "following the same regime".
 DEFAULT_LR: dict[str, float] = {"pretrain": 0.1, "finetune": 0.01, "supervised": 0.1, "joint": 0.1}
 
@@ -48,6 +50,10 @@ class TrainConfig:
         layers: Layers to attach SC to (names from ``named_modules()``). Empty: the Table-4 net's ``sc_layer``.
         layer_weights: Per-layer weights. None: 1 each.
         model_kwargs: Extra keyword arguments for ``timm.create_model``.
+        freeze: Backbone modules (names from ``named_modules()``, e.g. ``("stages.0", "stages.1")``) held fixed
+            in the CE-only stages (``supervised``, ``finetune``): no gradient, not in the optimizer, batch-norm
+            statistics frozen. A fine-tune protocol for few labels: keep SC-pretrained early layers, train the
+            rest. (SC stages always train everything.)
 
     SC loss (see :class:`sclearn.SpatialContrastiveLoss`):
         patch_size, distance, temperature, pool, num_patches, min_offset, projector_dim.
@@ -102,6 +108,7 @@ class TrainConfig:
     layer_weights: tuple[float, ...] | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None
+    freeze: tuple[str, ...] = ()
     # SC loss
     patch_size: int | float = 0.55
     layer_patch_sizes: tuple[int | float, ...] | None = None
@@ -152,6 +159,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.layers = tuple(self.layers)
+        self.freeze = tuple(self.freeze)
         if self.layer_weights is not None:
             self.layer_weights = tuple(float(w) for w in self.layer_weights)
         if self.layer_patch_sizes is not None:
@@ -196,6 +204,11 @@ class TrainConfig:
             values = getattr(self, name)
             if values is not None and self.layers and len(values) != len(self.layers):
                 raise ValueError(f"{len(values)} {name} for {len(self.layers)} layers {list(self.layers)}")
+        if self.freeze and not set(self.stages) & set(FREEZE_STAGES):
+            raise ValueError(
+                f"freeze={list(self.freeze)} holds layers fixed in the {' / '.join(FREEZE_STAGES)} stages, and "
+                f"mode={self.mode!r} has none; use mode='two_stage' (or 'finetune') to fine-tune with frozen layers"
+            )
         if self.mode == "finetune" and not self.init_from:
             raise ValueError(
                 "mode='finetune' starts from pretrained weights: set init_from to a run dir, a "

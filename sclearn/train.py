@@ -14,6 +14,7 @@ the resumed run computes exactly what the uninterrupted one would have (CPU, ``n
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import time
@@ -34,7 +35,7 @@ from . import data as sc_data
 from .backbones import build_backbone, check_head, export_backbone, load_backbone_weights
 from .batching import resumable_loader
 from .checkpoint import CheckpointManager, read_state
-from .config import TrainConfig
+from .config import FREEZE_STAGES, TrainConfig
 from .distributed import all_gather_with_grad
 from .losses import PatchProjector, SpatialContrastiveLoss
 from .wrapper import MultiLayerSC, SCOutput
@@ -102,6 +103,7 @@ class Trainer:
             skipped = load_backbone_weights(backbone, cfg.init_from)
             if skipped:
                 self.accelerator.print(f"init_from: re-initialised {skipped} (different shape)")
+        self.frozen = self._frozen_modules(backbone)
         self.model = self._wrap(backbone)
         if isinstance(self.model, MultiLayerSC) and any(
             isinstance(p, nn.parameter.UninitializedParameter) for p in self.model.parameters()
@@ -260,6 +262,28 @@ class Trainer:
         kwargs = dict(cfg.model_kwargs)
         return build_backbone(cfg.backbone, num_classes=self.num_classes, in_chans=cfg.channels, **kwargs)
 
+    def _frozen_modules(self, backbone: nn.Module) -> list[nn.Module]:
+        modules = dict(backbone.named_modules())
+        unknown = [n for n in self.config.freeze if n not in modules]
+        if unknown:
+            close = {n: difflib.get_close_matches(n, list(modules), n=3) for n in unknown}
+            raise ValueError(f"freeze names modules the backbone does not have: {close} (name: close matches). "
+                             "Names come from backbone.named_modules().")
+        return [modules[n] for n in self.config.freeze]
+
+    def _frozen_param_ids(self) -> set[int]:
+        return {id(p) for m in self.frozen for p in m.parameters()}
+
+    def _train_mode(self, stage: str) -> None:
+        """model.train(), then the stage's frozen modules back to eval (their batch-norm statistics stay)."""
+        self.model.train()
+        freeze = stage in FREEZE_STAGES
+        for module in self.frozen:
+            if freeze:
+                module.eval()
+            for p in module.parameters():
+                p.requires_grad_(not freeze)
+
     def _sc_layers(self, backbone: nn.Module) -> list[str]:
         if self.config.layers:
             return list(self.config.layers)
@@ -302,8 +326,10 @@ class Trainer:
     def _make_optimizer(self, stage: str) -> torch.optim.Optimizer:
         cfg = self.config
         decay, no_decay = [], []
+        frozen = self._frozen_param_ids() if stage in FREEZE_STAGES else set()
         for p in self.model.parameters():
-            (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on norms and biases
+            if id(p) not in frozen:
+                (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on norms and biases
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         return torch.optim.SGD(groups, lr=cfg.lr_for(stage), momentum=cfg.momentum)
 
@@ -397,7 +423,7 @@ class Trainer:
         bar = tqdm(total=total, initial=st["stage_step"], desc=stage, dynamic_ncols=True,
                    disable=not (cfg.progress and acc.is_local_main_process))
         stage_start, log = time.time(), _LogWindow()
-        self.model.train()
+        self._train_mode(stage)
         n_batches = len(driver)
         for epoch in range(st["epoch"], cfg.epochs_for(stage)):
             if st["stage_step"] >= total:
@@ -591,7 +617,8 @@ class Trainer:
             preds, y = self.accelerator.gather_for_metrics((logits.argmax(-1), y))
             correct += int((preds == y).sum())
             total += y.numel()
-        self.model.train()
+        stages = self.config.stages
+        self._train_mode(stages[min(self.state["stage_index"], len(stages) - 1)])
         return correct / max(1, total)
 
     def evaluate(self, stage: str) -> dict[str, float]:

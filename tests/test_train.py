@@ -92,6 +92,28 @@ def test_sc_weight_ramps_linearly_over_steps_or_a_fraction_of_the_stage(idx_dir,
             TrainConfig(sc_rampup_steps=bad)
 
 
+def test_freeze_keeps_pretrained_layers_and_their_bn_statistics_while_fine_tuning(idx_dir, tmp_path):
+    cfg = tiny_config(idx_dir, tmp_path, mode="two_stage", freeze=("stages.0",), checkpoint_every=None)
+    trainer = Trainer(cfg)
+    trainer.fit()
+    run = Path(cfg.output_dir)
+    pre, final = load_file(str(run / "pretrain_backbone.safetensors")), _final_weights(run)
+    stage0 = [k for k in final if k.startswith("stages.0.")]
+    assert any("running_mean" in k for k in stage0)  # BN statistics are covered too
+    for k in stage0:
+        assert torch.equal(pre[k], final[k]), k
+    assert not torch.equal(pre["stages.1.0.conv.weight"], final["stages.1.0.conv.weight"])  # the rest trains
+    finetune_params = {id(p) for g in trainer.optimizers["finetune"].param_groups for p in g["params"]}
+    assert not finetune_params & {id(p) for p in trainer.backbone().stages[0].parameters()}
+
+
+def test_freeze_errors(idx_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"'stage.0': \['stages.0'"):
+        Trainer(tiny_config(idx_dir, tmp_path, mode="supervised", freeze=("stage.0",)))
+    with pytest.raises(ValueError, match="mode='pretrain' has none"):
+        tiny_config(idx_dir, tmp_path, mode="pretrain", freeze=("stages.0",))
+
+
 def _record_saves(monkeypatch) -> list[tuple[str, int, int]]:
     """Patch CheckpointManager.save to also record (stage index, stage step, batch in epoch) of every save."""
     real_save, saves = CheckpointManager.save, []
