@@ -123,3 +123,15 @@ def test_accelerate_launch_entry_point(idx_dir, tmp_path):
                 "--no-hflip", "--output-dir", str(out), *SMOKE], tmp_path, launcher)
     check_run(proc, out)
     assert json.loads((out / "config.json").read_text())["mixed_precision"] == "bf16"  # the launch flag won
+
+
+def test_demo_runs_both_arms_and_prints_the_table(idx_dir, tmp_path):
+    out = tmp_path / "demo"
+    proc = run(["recipes/demo.py", "--data", f"idx:{idx_dir}", "--steps", "2", "--labels-per-class", "2",
+                "--output-dir", str(out)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "joint SC + CE" in proc.stdout and "supervised only" in proc.stdout and "difference" in proc.stdout
+    joint = json.loads((out / "joint" / "config.json").read_text())
+    sup = json.loads((out / "supervised" / "config.json").read_text())
+    assert (joint["mode"], joint["distance"], joint["sc_weight"], joint["sc_rampup_steps"]) == ("joint", "cosine", 0.1, 0.2)
+    assert sup["mode"] == "supervised" and sup["max_steps"] == joint["max_steps"] == 2
