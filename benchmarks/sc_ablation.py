@@ -602,7 +602,13 @@ def main(argv: list[str] | None = None) -> None:
         args.labels_per_class, args.seeds = [2], [1]
         lpc = 2
         specs = [_spec(args, "search", "r0_sup_paper", "supervised", {"head": "paper"}, lpc, 0, False),
-                 _spec(args, "search", "r0_sc_paper", "sc", _sc_params(), lpc, 0, False)]
+                 _spec(args, "search", "r0_sc_paper", "sc", _sc_params(), lpc, 0, False),
+                 # the round-3/4 code paths: optional SC keys, a short pre-training, frozen stages
+                 _spec(args, "search", "r4_ft_freeze01", "sc",
+                       _sc_params(mode="two_stage", pretrain_max_steps=2, freeze=list(FREEZE_01), num_patches=3),
+                       lpc, 0, False),
+                 _spec(args, "search", "r4_sup_freeze01", "supervised", {"head": "paper", "freeze": list(FREEZE_01)},
+                       lpc, 0, False)]
         _run_all(specs, 1)
         run_final(args)
         run_probe(args)

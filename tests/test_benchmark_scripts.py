@@ -128,3 +128,22 @@ def test_help(script: str, capsys: pytest.CaptureFixture[str], monkeypatch: pyte
     assert "--smoke" in text and "--write-results" in text
     undocumented = [a.dest for a in parsers[0]._actions if not a.help]
     assert not undocumented, f"flags without help: {undocumented}"
+
+
+def test_sc_ablation_smoke(idx_dir: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf")}
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "sc_ablation.py"), "--smoke", "--data", f"idx:{idx_dir}",
+         "--work-dir", str(tmp_path / "runs")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, f"sc_ablation.py exited {proc.returncode}\nstderr:\n{proc.stderr[-4000:]}"
+    summary = json.loads(proc.stdout)
+    names = {r["name"] for r in summary["search"]}
+    assert names == {"r0_sup_paper", "r0_sc_paper", "r4_ft_freeze01", "r4_sup_freeze01"}
+    assert all(0.0 <= r["val_acc"] <= 1.0 for r in summary["search"])
+    frozen = next(r for r in summary["search"] if r["name"] == "r4_ft_freeze01")["params"]
+    assert "freeze=['stages.0', 'stages.1']" in frozen and "pretrain_max_steps=2" in frozen
+    final = summary["final"]["lpc2"]
+    assert set(final) >= {"supervised", "sc"} and len(final["sc"]["test"]) == 1
+    assert summary["probe"]  # linear + kNN probes of SC vs random features ran

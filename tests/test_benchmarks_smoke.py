@@ -19,7 +19,7 @@ CASES = ("resnet18_32", "resnet18_96", "sc_cifar10", "sc_stl10")
 @pytest.fixture(scope="module")
 def smoke_report() -> dict:
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--threads", "1"],
+        [sys.executable, str(SCRIPT), "--smoke", "--threads", "1", "--profile", "1"],
         check=False, cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, f"exit {proc.returncode}\nstderr:\n{proc.stderr[-4000:]}"
@@ -55,6 +55,9 @@ def test_case_result(smoke_report: dict, case: str) -> None:
     assert set(result["peak_memory"]) == set(KINDS)
     assert all(result["peak_memory"][k]["peak_above_start_mib"] >= 0 for k in KINDS)
     assert math.isfinite(result["loss_last"]["joint"])
+    prof = result["profile"]  # the profiler's attribution of SC's cost
+    assert prof["steps"] == 1 and _positive_finite(prof["step_op_ms"]["ce"]) and _positive_finite(prof["sc_ms"])
+    assert 0 < prof["sc_share_of_ce_step"] < 1 and prof["top_sc_ops"]
     c = result["sc_map_chw"][0]
     ph, pw = result["patch_cells"]
     assert result["patch_dim"] == c * ph * pw  # the default loss flattens the patch
