@@ -110,7 +110,7 @@ def test_mnist_table3_smoke(idx_dir: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("script", ["trainer_efficiency.py", "data_throughput.py", "sample_efficiency.py",
-                                    "mnist_table3.py"])
+                                    "mnist_table3.py", "feature_diagnostics.py"])
 def test_help(script: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     module = load_script(script)
     parsers: list[argparse.ArgumentParser] = []
@@ -147,3 +147,27 @@ def test_sc_ablation_smoke(idx_dir: Path, tmp_path: Path) -> None:
     final = summary["final"]["lpc2"]
     assert set(final) >= {"supervised", "sc"} and len(final["sc"]["test"]) == 1
     assert summary["probe"]  # linear + kNN probes of SC vs random features ran
+
+
+def test_feature_diagnostics_smoke_on_an_exported_backbone(idx_dir: Path, tmp_path: Path) -> None:
+    import timm
+    import torch
+
+    from sclearn.backbones import export_backbone
+
+    torch.manual_seed(1)
+    weights = tmp_path / "backbone.safetensors"
+    export_backbone(timm.create_model("sc_mnist", num_classes=10, in_chans=1), weights, {})
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "feature_diagnostics.py"), "--smoke", "--data", f"idx:{idx_dir}",
+         "--weights", str(weights)],
+        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf")},
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    random_init, loaded = json.loads(proc.stdout)["results"]
+    for r in (random_init, loaded):
+        assert 1.0 <= r["erank_gap"] <= 64 and 1.0 <= r["erank_grid"] <= 256
+        assert r["fisher_gap"] >= 0 and 0 < r["within_image_share"] <= 1.5
+        assert r["map_hw"] == [7, 7]
+    assert random_init["erank_gap"] != loaded["erank_gap"]  # another seed's weights really were loaded

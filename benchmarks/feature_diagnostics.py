@@ -1,0 +1,168 @@
+"""What SC pre-training does to a layer's features, against the same net at random init.
+
+For each backbone (random init of ``--model``, plus every ``--weights`` file) the script runs ``--num-images``
+test images through the net and measures, at ``--layer`` (a (B, C, H, W) map):
+
+- ``erank_gap`` / ``erank_grid``: effective rank (exp of the entropy of the normalised singular values) of the
+  centred features, globally average-pooled (C dims) and 2x2-pooled (4C dims). How many directions the images
+  spread over.
+- ``fisher_gap`` / ``fisher_grid``: between-class over within-class variance (traces) of the same features.
+  How well the *classes* separate, with no classifier trained.
+- ``within_image_share``: the map's variance across positions of one image, over its variance across all
+  positions of all images. SC pulls an image's patches together; a falling share means the map is losing
+  the spatial detail that tells parts of an object apart.
+
+No training, no labels beyond the test labels for the Fisher ratio; a few seconds on a CPU.
+
+Usage::
+
+    python benchmarks/feature_diagnostics.py --weights runs/x/pretrain/backbone.safetensors
+    python benchmarks/feature_diagnostics.py --smoke --data idx:tests/fixture
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` when run as a script
+
+from common import (
+    command_line,
+    fenced,
+    machine_info,
+    machine_line,
+    markdown_table,
+    now_utc,
+    print_json,
+    write_result_block,
+)
+
+import sclearn  # noqa: F401 - registers the Table-4 nets with timm
+from sclearn import data as sc_data
+from sclearn.backbones import load_backbone_weights
+
+DEFAULT_DATA = "idx:/usr/share/datasets/fashion-mnist"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--weights", nargs="*", default=[], help="backbone .safetensors files (sclearn exports)")
+    p.add_argument("--model", default="sc_mnist", help="timm model name the weights belong to")
+    p.add_argument("--layer", default="stages.1", help="layer whose (B, C, H, W) output is measured")
+    p.add_argument("--data", default=DEFAULT_DATA, help="data source (its test split is used)")
+    p.add_argument("--channels", type=int, default=1, help="input channels of the model")
+    p.add_argument("--num-images", type=int, default=2000, help="test images measured")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random-init reference net")
+    p.add_argument("--smoke", action="store_true", help="a few images, for CI")
+    p.add_argument("--write-results", action="store_true", help="write a block into benchmarks/RESULTS.md")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.num_images = min(args.num_images, 40)
+    return args
+
+
+@torch.no_grad()
+def layer_features(net: nn.Module, layer: str, loader) -> tuple[Tensor, Tensor]:
+    """(N, C, H, W) outputs of ``layer`` and the (N,) labels, net in eval mode."""
+    modules = dict(net.named_modules())
+    if layer not in modules:
+        raise SystemExit(f"--layer {layer!r} is not a module of the model")
+    maps: list[Tensor] = []
+    handle = modules[layer].register_forward_hook(lambda _m, _i, out: maps.append(out.detach()))
+    labels = []
+    net.eval()
+    try:
+        for x, y in loader:
+            net(x)
+            labels.append(y)
+    finally:
+        handle.remove()
+    return torch.cat(maps), torch.cat(labels)
+
+
+def effective_rank(z: Tensor) -> float:
+    """exp(entropy of the normalised singular values) of the centred (N, D) features."""
+    s = torch.linalg.svdvals(z - z.mean(0))
+    p = s / s.sum()
+    return float(torch.exp(-(p * p.clamp_min(1e-12).log()).sum()))
+
+
+def fisher_ratio(z: Tensor, y: Tensor) -> float:
+    """trace(between-class scatter) / trace(within-class scatter) of (N, D) features."""
+    mu = z.mean(0)
+    between = within = z.new_zeros(())
+    for c in y.unique():
+        zc = z[y == c]
+        between = between + len(zc) * ((zc.mean(0) - mu) ** 2).sum()
+        within = within + ((zc - zc.mean(0)) ** 2).sum()
+    return float(between / within)
+
+
+def within_image_share(fmap: Tensor) -> float:
+    """Mean over channels of (variance across one image's positions) / (variance across all positions)."""
+    cells = fmap.flatten(2)  # (N, C, HW)
+    within = cells.var(-1).mean()
+    total = cells.permute(0, 2, 1).reshape(-1, fmap.shape[1]).var(0).mean()
+    return float(within / total)
+
+
+def diagnose(fmap: Tensor, y: Tensor) -> dict[str, float]:
+    gap = fmap.mean((2, 3))  # (N, C)
+    grid = F.adaptive_avg_pool2d(fmap, 2).flatten(1)  # (N, 4C)
+    return {
+        "erank_gap": round(effective_rank(gap), 2), "erank_grid": round(effective_rank(grid), 2),
+        "fisher_gap": round(fisher_ratio(gap, y), 4), "fisher_grid": round(fisher_ratio(grid, y), 4),
+        "within_image_share": round(within_image_share(fmap), 4),
+        "channels": fmap.shape[1], "map_hw": list(fmap.shape[-2:]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    dsd = sc_data.load_image_dataset(args.data)
+    splits = sc_data.semi_supervised_splits(dsd, labels_per_class=None, seed=0)
+    mean, std = sc_data.normalization_stats(splits, channels=args.channels)  # as the Trainer normalises
+    test = splits.test.select(range(min(args.num_images, len(splits.test))))
+    tf = sc_data.build_transform(train=False, mean=mean, std=std, channels=args.channels)
+    loader = sc_data.make_loader(sc_data.with_image_transform(test, tf), 500, shuffle=False)
+    results: list[dict[str, Any]] = []
+    for source in [None, *args.weights]:
+        torch.manual_seed(args.seed)
+        net = timm.create_model(args.model, num_classes=splits.num_classes, in_chans=args.channels)
+        if source is not None:
+            load_backbone_weights(net, source)
+        fmap, y = layer_features(net, args.layer, loader)
+        results.append({"backbone": source or f"random init (seed {args.seed})", **diagnose(fmap, y)})
+    report = {"benchmark": "feature_diagnostics", "command": command_line(), "date": now_utc(),
+              "machine": machine_info(torch.device("cpu")), "config": vars(args), "results": results}
+    print_json(report)
+    if args.write_results:
+        rows = [[r["backbone"], r["erank_gap"], r["erank_grid"], r["fisher_gap"], r["fisher_grid"],
+                 r["within_image_share"]] for r in results]
+        block = "\n".join([
+            "## What SC pre-training does to the features (feature diagnostics)", "",
+            f"- Command: `{report['command']}`", f"- Date: {report['date']}",
+            f"- Machine: {machine_line(report['machine'])}",
+            f"- {args.model} at `{args.layer}`, {len(test)} test images; effective rank of the centred features "
+            "(GAP: C dims, grid: 2x2-pooled, 4C dims), Fisher ratio between/within classes, and the share of "
+            "the map's variance that lies across positions within one image.", "",
+            markdown_table(["backbone", "erank GAP", "erank grid", "Fisher GAP", "Fisher grid",
+                            "within-image share"], rows), "",
+            "Config:", "", fenced("\n".join(f"{k}: {v}" for k, v in vars(args).items()), ""),
+        ])
+        write_result_block("feature_diagnostics" + ("-smoke" if args.smoke else ""), block)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
