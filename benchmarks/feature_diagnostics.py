@@ -11,6 +11,8 @@ test images through the net and measures, at ``--layer`` (a (B, C, H, W) map):
 - ``within_image_share``: the map's variance across positions of one image, over its variance across all
   positions of all images. SC pulls an image's patches together; a falling share means the map is losing
   the spatial detail that tells parts of an object apart.
+- ``dead_channels``: per ReLU module of the net, the channels that are zero everywhere on (nearly) every
+  image, and the share of positive activations: capacity the net has switched off.
 
 No training, no labels beyond the test labels for the Fisher ratio; a few seconds on a CPU.
 
@@ -115,6 +117,36 @@ def within_image_share(fmap: Tensor) -> float:
     return float(within / total)
 
 
+@torch.no_grad()
+def relu_activity(net: nn.Module, loader, max_images: int = 1000) -> dict[str, dict[str, float]]:
+    """Per ``nn.ReLU`` module: channels silent on >= 99% of the images, and the share of positive outputs."""
+    stats: dict[str, list[Tensor]] = {}
+    handles = []
+    for name, module in net.named_modules():
+        if isinstance(module, nn.ReLU):
+            def record(_m, _i, out: Tensor, name: str = name) -> None:
+                fires = (out > 0).flatten(2).any(-1).float()  # (B, C): fires anywhere in the map
+                stats.setdefault(name, []).append(torch.stack([fires.sum(0), (out > 0).float().mean((0, 2, 3)) * len(out)]))
+            handles.append(module.register_forward_hook(record))
+    net.eval()
+    seen = 0
+    try:
+        for x, _ in loader:
+            net(x)
+            seen += len(x)
+            if seen >= max_images:
+                break
+    finally:
+        for h in handles:
+            h.remove()
+    out = {}
+    for name, parts in stats.items():
+        fired, positive = torch.stack(parts).sum(0) / seen  # (C,) each
+        out[name] = {"dead": int((fired < 0.01).sum()), "channels": len(fired),
+                     "positive_share": round(float(positive.mean()), 3)}
+    return out
+
+
 def diagnose(fmap: Tensor, y: Tensor) -> dict[str, float]:
     gap = fmap.mean((2, 3))  # (N, C)
     grid = F.adaptive_avg_pool2d(fmap, 2).flatten(1)  # (N, 4C)
@@ -142,13 +174,18 @@ def main(argv: list[str] | None = None) -> int:
         if source is not None:
             load_backbone_weights(net, source)
         fmap, y = layer_features(net, args.layer, loader)
-        results.append({"backbone": source or f"random init (seed {args.seed})", **diagnose(fmap, y)})
+        results.append({"backbone": source or f"random init (seed {args.seed})", **diagnose(fmap, y),
+                        "relu": relu_activity(net, loader)})
     report = {"benchmark": "feature_diagnostics", "command": command_line(), "date": now_utc(),
               "machine": machine_info(torch.device("cpu")), "config": vars(args), "results": results}
     print_json(report)
     if args.write_results:
+        def dead(r: dict[str, Any]) -> str:
+            return ", ".join(f"{n} {v['dead']}/{v['channels']} ({100 * v['positive_share']:.0f}% > 0)"
+                             for n, v in r["relu"].items())
+
         rows = [[r["backbone"], r["erank_gap"], r["erank_grid"], r["fisher_gap"], r["fisher_grid"],
-                 r["within_image_share"]] for r in results]
+                 r["within_image_share"], dead(r)] for r in results]
         block = "\n".join([
             "## What SC pre-training does to the features (feature diagnostics)", "",
             f"- Command: `{report['command']}`", f"- Date: {report['date']}",
@@ -157,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             "(GAP: C dims, grid: 2x2-pooled, 4C dims), Fisher ratio between/within classes, and the share of "
             "the map's variance that lies across positions within one image.", "",
             markdown_table(["backbone", "erank GAP", "erank grid", "Fisher GAP", "Fisher grid",
-                            "within-image share"], rows), "",
+                            "within-image share", "dead ReLU channels (share of positive outputs)"], rows), "",
             "Config:", "", fenced("\n".join(f"{k}: {v}" for k, v in vars(args).items()), ""),
         ])
         write_result_block("feature_diagnostics" + ("-smoke" if args.smoke else ""), block)

@@ -115,12 +115,21 @@ R4_VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("ft_nofreeze", "sc", {"mode": "two_stage", "pretrain_max_steps": PRETRAIN_R4}),
     ("sup_freeze0", "supervised", {"freeze": FREEZE_0}),
 ]
+# Round 5 (session 2): round 4's SC-pretrained layers did worse than random ones, and SC pre-training left a
+# third of the SC layer's ReLU channels dead (benchmarks/feature_diagnostics.py). Two ways to spare the backbone:
+# a gentler pre-training lr, and a projector that takes the loss's geometry instead of the backbone's map.
+# Every two-stage run now records the dead ReLU channels after pre-training.
+R5_VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("pre_ref", "sc", {"mode": "two_stage", "pretrain_max_steps": PRETRAIN_R4}),
+    ("pre_lr0.01", "sc", {"mode": "two_stage", "pretrain_max_steps": PRETRAIN_R4, "pretrain_lr": 0.01}),
+    ("pre_proj64", "sc", {"mode": "two_stage", "pretrain_max_steps": PRETRAIN_R4, "projector_dim": 64}),
+]
 # The paper-faithful reference (FINDINGS.md): L2, T=1, 5x5 flattened patches, lambda 1, no ramp.
 PAPER_SC: dict[str, Any] = dict(distance="l2", temperature=1.0, pool="flatten", patch_size=5, min_offset=0,
                                 projector_dim=None, sc_weight=1.0, rampup=0.0)
 SC_KEYS = ("mode", "layers", "distance", "temperature", "pool", "patch_size", "min_offset", "projector_dim",
            "sc_weight", "rampup", "unlabeled_ratio", "head", "num_patches", "layer_patch_sizes",
-           "pretrain_max_steps", "freeze")
+           "pretrain_max_steps", "freeze", "pretrain_lr")
 # Absent from round-1 records: TrainConfig defaults.
 OPTIONAL_SC_KEYS = ("num_patches", "layer_patch_sizes", "pretrain_max_steps", "freeze")
 COMBO_MARGIN = 0.005  # a round-1 change enters the round-2 combination if it beat the start by >= 0.5 pt
@@ -147,7 +156,7 @@ def _train_config(spec: dict[str, Any]):
         if p.get(key) is not None:
             kw[key] = tuple(p[key]) if isinstance(p[key], (list, tuple)) else p[key]
     if p["mode"] == "two_stage":  # SC pre-training on batches as large as a joint step's, then the same CE
-        kw.update(pretrain_epochs=10**6, pretrain_lr=kw["lr"],
+        kw.update(pretrain_epochs=10**6, pretrain_lr=p.get("pretrain_lr") or kw["lr"],
                   pretrain_batch_size=round(64 * (1 + p["unlabeled_ratio"])))
     return TrainConfig(**kw)
 
@@ -179,6 +188,16 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     start = time.time()
     trainer = Trainer(cfg)
     summary = trainer.fit()
+    dead = None
+    if cfg.mode == "two_stage":  # what pre-training did to the ReLUs, on the val images (before fine-tuning)
+        sys.path.insert(0, str(BENCH_DIR))
+        from feature_diagnostics import relu_activity
+
+        from sclearn.backbones import load_backbone_weights
+
+        net = copy.deepcopy(trainer.backbone())
+        load_backbone_weights(net, Path(spec["run_dir"]) / "pretrain_backbone.safetensors")
+        dead = relu_activity(net, trainer.eval_loaders["val" if "val" in trainer.eval_loaders else "test"])
     stage = cfg.stages[-1]
     res = summary["stages"][stage]
     last = _last_train_record(Path(spec["run_dir"]) / "metrics.jsonl")
@@ -188,6 +207,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         "val_acc": res.get("val_acc"), "test_acc": res.get("test_acc"),
         "pretrain": summary["stages"].get("pretrain") if stage != "pretrain" else None,
         "final_train_terms": {k: last[k] for k in ("loss", "ce", "sc", "sc_weight") if k in last},
+        "pretrain_relu": dead,
         "wall_time_s": round(time.time() - start, 1), "stage_wall_s": summary["wall_time_s"],
         "config": json.loads(json.dumps(cfg.to_dict(), default=str)),
     }
@@ -358,8 +378,8 @@ def run_search_round3(args) -> None:
     _run_all(specs, args.jobs)
 
 
-def run_search_round4(args) -> None:
-    """Round 4: R4_VARIANTS (fine-tune protocols) from the round-1 choice's SC loss."""
+def run_search_round4(args, variants: list[tuple[str, str, dict[str, Any]]] | None = None, tag: str = "r4") -> None:
+    """Round 4 (and 5): R4_VARIANTS (fine-tune protocols) from the round-1 choice's SC loss."""
     lpc, seed = args.labels_per_class[0], args.search_seed
     recs = _load(args.results_dir, "search")
     r1_steps = sorted({r["steps"] for r in recs if r["name"].startswith("r1_")})
@@ -367,7 +387,7 @@ def run_search_round4(args) -> None:
         raise SystemExit("round 4 starts from round 1's choice: run --stage search (--round 1) first")
     sel = selection(args.results_dir, seed, steps=args.base_steps or r1_steps[0])
     specs = []
-    for name, arm, ch in R4_VARIANTS:
+    for name, arm, ch in variants or R4_VARIANTS:
         if args.variants and name not in args.variants:
             continue
         if arm == "supervised":
@@ -377,7 +397,7 @@ def run_search_round4(args) -> None:
             p["layers"] = list(p["layers"])
         if p.get("freeze"):
             p["freeze"] = list(p["freeze"])
-        specs.append(_spec(args, "search", f"r4_{name}", arm, p, lpc, seed, False))
+        specs.append(_spec(args, "search", f"{tag}_{name}", arm, p, lpc, seed, False))
     _run_all(specs, args.jobs)
 
 
@@ -558,10 +578,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
                     help="seeds of the final/probe stage; a seed fixes the label subset and the init (default 1 2 3)")
     ap.add_argument("--search-seed", type=int, default=0, help="seed of the search stage (default 0)")
-    ap.add_argument("--round", type=int, choices=(1, 3, 4), default=1,
+    ap.add_argument("--round", type=int, choices=(1, 3, 4, 5), default=1,
                     help="search: 1 = rounds 0-2 (heads, one factor at a time, combination); 3 = R3_VARIANTS from "
                          "the config chosen so far, with supervised-only at the same --steps; 4 = R4_VARIANTS, "
-                         "fine-tune protocols (longer SC pre-training, frozen early stages) (default 1)")
+                         "fine-tune protocols (longer SC pre-training, frozen early stages); 5 = R5_VARIANTS, "
+                         "pre-training that spares the backbone (lower lr, projector) (default 1)")
     ap.add_argument("--base-steps", type=int, default=None,
                     help="choose heads and the SC config among the search runs of this many steps (default: "
                          "--steps; search --round 3: the steps of the round-1 search)")
@@ -618,6 +639,9 @@ def main(argv: list[str] | None = None) -> None:
         summary = report(args)
     elif args.stage == "search" and args.round == 4:
         run_search_round4(args)
+        summary = report(args)
+    elif args.stage == "search" and args.round == 5:
+        run_search_round4(args, R5_VARIANTS, "r5")
         summary = report(args)
     elif args.stage == "search":
         run_search(args)
