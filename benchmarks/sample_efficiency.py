@@ -234,6 +234,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "--project-steps)")
     p.add_argument("--smoke", action="store_true",
                    help="tiny run for CI: 3 steps, batch 16, 10 labels/class, seed 0 (use a small --data)")
+    p.add_argument("--notes", default=None,
+                   help="a markdown file (the reading of the numbers) put under the table in RESULTS.md")
     p.add_argument("--write-results", action="store_true",
                    help="append (or replace) this configuration's block in benchmarks/RESULTS.md")
     args = p.parse_args(argv)
@@ -423,6 +425,7 @@ def markdown_block(report: dict[str, Any]) -> str:
                         "ms/step", "kNN after pretrain %"], rows),
         "",
         *([f"Gap closed: {agg['gap_closed_note']}.", ""] if agg["gap_closed_note"] else []),
+        *([Path(cfg["notes"]).read_text().strip(), ""] if cfg.get("notes") else []),
         "Runs (date, 1-min load average at start / end of each run): " + "; ".join(
             f"{r['arm']} seed {r['seed']}: {r.get('date', '?')}, {r.get('load_start', '?')} / {r.get('load_end', '?')}"
             for r in report["runs"]) + ".",
