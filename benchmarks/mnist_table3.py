@@ -117,6 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--project-seeds", type=int, default=3, help="seeds of the full protocol for the projection")
     p.add_argument("--smoke", action="store_true",
                    help="tiny run for CI: 1 epoch each, 3 steps per stage, batch 16, seed 0 (use a small --data)")
+    p.add_argument("--notes", default=None, help="a markdown file put under the table in RESULTS.md")
     p.add_argument("--write-results", action="store_true",
                    help="append (or replace) this configuration's block in benchmarks/RESULTS.md")
     args = p.parse_args(argv)
@@ -258,6 +259,7 @@ def markdown_block(report: dict[str, Any]) -> str:
         (f"Projected full protocol: {report['projection']['total_hours']} h for {report['projection']['seeds']} "
         "seed(s), runs in sequence."),
         "",
+        *([Path(cfg["notes"]).read_text().strip(), ""] if cfg.get("notes") else []),
         "Config:",
         "",
         fenced(json.dumps(cfg, indent=1, default=str), "json"),
