@@ -8,8 +8,9 @@ test images through the net and measures, at ``--layer`` (a (B, C, H, W) map):
   spread over.
 - ``fisher_gap`` / ``fisher_grid``: between-class over within-class variance (traces) of the same features.
   How well the *classes* separate, with no classifier trained.
-- ``within_image_share``: the map's variance across positions of one image, over its variance across all
-  positions of all images. SC pulls an image's patches together; a falling share means the map is losing
+- ``within_image_share``: the map's variance across the positions of one image (averaged over images and
+  channels), over its variance across all positions of all images (averaged over channels); population
+  variances, so the share is in [0, 1] (law of total variance). SC pulls an image's patches together; a falling share means the map is losing
   the spatial detail that tells parts of an object apart.
 - ``dead_channels``: per ReLU module of the net, the channels that are zero everywhere on (nearly) every
   image, and the share of positive activations: capacity the net has switched off.
@@ -79,7 +80,7 @@ def layer_features(net: nn.Module, layer: str, loader) -> tuple[Tensor, Tensor]:
     if layer not in modules:
         raise SystemExit(f"--layer {layer!r} is not a module of the model")
     maps: list[Tensor] = []
-    handle = modules[layer].register_forward_hook(lambda _m, _i, out: maps.append(out.detach()))
+    handle = modules[layer].register_forward_hook(lambda _m, _i, out: maps.append(out.detach().clone()))
     labels = []
     net.eval()
     try:
@@ -110,23 +111,34 @@ def fisher_ratio(z: Tensor, y: Tensor) -> float:
 
 
 def within_image_share(fmap: Tensor) -> float:
-    """Mean over channels of (variance across one image's positions) / (variance across all positions)."""
+    """(variance across one image's positions, averaged over images and channels) / (variance across all
+    positions of all images, averaged over channels). Population variances: the share lies in [0, 1]."""
     cells = fmap.flatten(2)  # (N, C, HW)
-    within = cells.var(-1).mean()
-    total = cells.permute(0, 2, 1).reshape(-1, fmap.shape[1]).var(0).mean()
+    within = cells.var(-1, unbiased=False).mean()
+    total = cells.permute(0, 2, 1).reshape(-1, fmap.shape[1]).var(0, unbiased=False).mean()
     return float(within / total)
 
 
 @torch.no_grad()
 def relu_activity(net: nn.Module, loader, max_images: int = 1000) -> dict[str, dict[str, float]]:
-    """Per ``nn.ReLU`` module: channels silent on >= 99% of the images, and the share of positive outputs."""
-    stats: dict[str, list[Tensor]] = {}
+    """Per ``nn.ReLU`` module: channels silent on >= 99% of the images, and the share of positive outputs.
+
+    Outputs of any rank >= 2 are read as (B, C, ...). A module called more than once per forward (torchvision
+    reuses one ReLU in a block) is pooled over its calls, per channel count: ``name[C]`` for each count.
+    """
+    sums: dict[str, Tensor] = {}  # key -> (2, C): images where the channel fires anywhere, mean positive share
+    counts: dict[str, int] = {}  # key -> images recorded (calls x batch)
     handles = []
     for name, module in net.named_modules():
         if isinstance(module, nn.ReLU):
             def record(_m, _i, out: Tensor, name: str = name) -> None:
-                fires = (out > 0).flatten(2).any(-1).float()  # (B, C): fires anywhere in the map
-                stats.setdefault(name, []).append(torch.stack([fires.sum(0), (out > 0).float().mean((0, 2, 3)) * len(out)]))
+                if out.ndim < 2:
+                    return
+                positive = (out > 0).reshape(out.shape[0], out.shape[1], -1)  # (B, C, cells)
+                part = torch.stack([positive.any(-1).float().sum(0), positive.float().mean(-1).sum(0)])  # (2, C)
+                key = f"{name}[{out.shape[1]}]"
+                sums[key] = sums[key] + part if key in sums else part
+                counts[key] = counts.get(key, 0) + out.shape[0]
             handles.append(module.register_forward_hook(record))
     net.eval()
     seen = 0
@@ -140,10 +152,12 @@ def relu_activity(net: nn.Module, loader, max_images: int = 1000) -> dict[str, d
         for h in handles:
             h.remove()
     out = {}
-    for name, parts in stats.items():
-        fired, positive = torch.stack(parts).sum(0) / seen  # (C,) each
-        out[name] = {"dead": int((fired < 0.01).sum()), "channels": len(fired),
-                     "positive_share": round(float(positive.mean()), 3)}
+    for key, total in sums.items():
+        fired, positive = total / counts[key]  # (C,) each
+        name = key.rsplit("[", 1)[0]
+        shown = name if sum(k.rsplit("[", 1)[0] == name for k in sums) == 1 else key
+        out[shown] = {"dead": int((fired < 0.01).sum()), "channels": len(fired),
+                      "positive_share": round(float(positive.mean()), 3)}
     return out
 
 

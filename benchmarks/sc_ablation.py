@@ -379,7 +379,12 @@ def run_search_round3(args) -> None:
 
 
 def run_search_round4(args, variants: list[tuple[str, str, dict[str, Any]]] | None = None, tag: str = "r4") -> None:
-    """Round 4 (and 5): R4_VARIANTS (fine-tune protocols) from the round-1 choice's SC loss."""
+    """Round 4 (and 5): R4_VARIANTS (fine-tune protocols) from the best SC config so far.
+
+    "Best so far" is ``selection`` over every search run of the base steps when the round starts (round 4 ran
+    from round 3's sqeuclidean choice, round 5 likewise). Protocol keys of that config (freeze, pre-training
+    lr and length, projector) are cleared first, so each variant states its whole protocol.
+    """
     lpc, seed = args.labels_per_class[0], args.search_seed
     recs = _load(args.results_dir, "search")
     r1_steps = sorted({r["steps"] for r in recs if r["name"].startswith("r1_")})
@@ -393,7 +398,10 @@ def run_search_round4(args, variants: list[tuple[str, str, dict[str, Any]]] | No
         if arm == "supervised":
             p = {"head": sel["heads"]["supervised"], **ch}
         else:
-            p = dict(sel["sc_params"], **ch)
+            base = {k: v for k, v in sel["sc_params"].items()
+                    if k not in ("freeze", "pretrain_lr", "pretrain_max_steps")}
+            base["projector_dim"] = None
+            p = dict(base, **ch)
             p["layers"] = list(p["layers"])
         if p.get("freeze"):
             p["freeze"] = list(p["freeze"])

@@ -20,6 +20,7 @@ def _patch_size(text: str) -> int | float:
 
 
 def _steps_or_fraction(text: str) -> int | float:
+    """``500`` -> 500 steps (int); ``0.2`` or ``1.0`` -> that fraction of the stage (float)."""
     try:
         return float(text) if "." in text else int(text)
     except ValueError:
@@ -66,7 +67,7 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--warmup-steps", "warmup_steps", int, "linear warm-up steps for the cosine schedule"),
     ("--sc-weight", "sc_weight", float, "joint: lambda in CE + lambda * SC"),
     ("--sc-rampup-steps", "sc_rampup_steps", _steps_or_fraction,
-     "joint: ramp lambda linearly from 0 over this many steps (or this fraction of the stage, e.g. 0.2)"),
+     "joint: ramp lambda linearly from 0 over this many steps, or over this fraction of the stage (0.2; 1.0 = all)"),
     ("--patch-size", "patch_size", _patch_size, "SC patch side: int cells or a fraction of the map side"),
     ("--distance", "distance", str, "SC distance: l2 (paper) | sqeuclidean | cosine"),
     ("--temperature", "temperature", float, "SC softmax temperature (paper: 1)"),

@@ -68,7 +68,7 @@ class TrainConfig:
             (with ``warmup_steps``) or ``"constant"``.
         sc_weight: lambda of the joint loss ``CE + lambda * sum_l w_l SC_l``; sc_rampup_steps ramps it
             linearly from 0 over that many steps (an int), or over that fraction of the stage's steps (a float
-            in (0, 1), e.g. 0.2).
+            in (0, 1], e.g. 0.2; 1.0 is the whole stage).
         unlabeled_ratio: Joint mode: unlabelled images per labelled image in each step.
         grad_accum_steps: Micro-batches per optimizer step.
         gather_negatives: Contrast against the patches of every process (all_gather with gradient).
@@ -191,10 +191,12 @@ class TrainConfig:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1 or None, got {getattr(self, name)}")
         ramp = self.sc_rampup_steps
-        if ramp < 0 or (isinstance(ramp, float) and not ramp.is_integer() and ramp >= 1):
+        steps_ok = isinstance(ramp, int) and not isinstance(ramp, bool) and ramp >= 0
+        fraction_ok = isinstance(ramp, float) and 0.0 < ramp <= 1.0  # NaN fails both comparisons
+        if not (steps_ok or fraction_ok):
             raise ValueError(
                 f"TrainConfig.sc_rampup_steps={ramp!r}: give a number of steps (an int >= 0) or a fraction of "
-                "the stage's steps (a float in (0, 1))"
+                "the stage's steps (a float in (0, 1])"
             )
         if self.temperature <= 0 or self.unlabeled_ratio <= 0:
             raise ValueError("TrainConfig.temperature and unlabeled_ratio must be > 0")

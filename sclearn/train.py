@@ -269,7 +269,12 @@ class Trainer:
             close = {n: difflib.get_close_matches(n, list(modules), n=3) for n in unknown}
             raise ValueError(f"freeze names modules the backbone does not have: {close} (name: close matches). "
                              "Names come from backbone.named_modules().")
-        return [modules[n] for n in self.config.freeze]
+        frozen = [modules[n] for n in self.config.freeze]
+        frozen_ids = {id(p) for m in frozen for p in m.parameters()}
+        if "" in self.config.freeze or all(id(p) in frozen_ids for p in backbone.parameters()):
+            raise ValueError(f"freeze={list(self.config.freeze)} leaves no backbone parameter to train; freeze "
+                             "only the early stages (e.g. freeze=('stages.0',))")
+        return frozen
 
     def _frozen_param_ids(self) -> set[int]:
         return {id(p) for m in self.frozen for p in m.parameters()}
@@ -527,7 +532,7 @@ class Trainer:
     def _sc_weight(self) -> float:
         cfg = self.config
         ramp = cfg.sc_rampup_steps
-        if 0 < ramp < 1:  # a fraction of the stage
+        if isinstance(ramp, float):  # a fraction of the stage
             ramp = ramp * self._total_steps(self.config.stages[self.state["stage_index"]])
         if ramp <= 0:
             return cfg.sc_weight

@@ -87,9 +87,10 @@ def test_sc_weight_ramps_linearly_over_steps_or_a_fraction_of_the_stage(idx_dir,
     logged = [r["sc_weight"] for r in read_metrics(Path(cfg.output_dir)) if "sc_weight" in r]
     # logged after step k: the weight of step k + 1, i.e. 2.0 * min(1, k / 4)
     assert logged == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0, 2.0, 2.0, 2.0])
-    for bad in (1.5, -1):
+    for bad in (1.5, 600.0, -1, float("nan"), True):
         with pytest.raises(ValueError, match="sc_rampup_steps"):
             TrainConfig(sc_rampup_steps=bad)
+    TrainConfig(sc_rampup_steps=1.0)  # the whole stage
 
 
 def test_freeze_keeps_pretrained_layers_and_their_bn_statistics_while_fine_tuning(idx_dir, tmp_path):
@@ -108,6 +109,9 @@ def test_freeze_keeps_pretrained_layers_and_their_bn_statistics_while_fine_tunin
 
 
 def test_freeze_errors(idx_dir, tmp_path):
+    for everything in (("",), ("stages", "head")):
+        with pytest.raises(ValueError, match="leaves no backbone parameter to train"):
+            Trainer(tiny_config(idx_dir, tmp_path, mode="supervised", freeze=everything))
     with pytest.raises(ValueError, match=r"'stage.0': \['stages.0'"):
         Trainer(tiny_config(idx_dir, tmp_path, mode="supervised", freeze=("stage.0",)))
     with pytest.raises(ValueError, match="mode='pretrain' has none"):
