@@ -579,7 +579,7 @@ def profile_lines(results: list[dict[str, Any]]) -> list[str]:
         f"Profiler attribution ({steps} steps of each kind under torch.profiler, {clock} op time, ms per step). "
         "SC cost = the joint step's extra op calls (same op name, more calls than in the CE step) at that op's "
         "mean self time in the joint step: the backbone's ops run equally often in both kinds, so their timing "
-        "noise cancels. It is an upper bound: an extra call of an op the backbone also runs on big maps (e.g. "
+        "noise cancels. It is an estimate: an upper bound when SC's calls of an op are smaller than the backbone's calls of the same op, as for an extra call of an op the backbone runs on big maps (e.g. "
         "`aten::fill_` zeroing the gradient of the gathered map, `aten::clamp_min`) is charged the big calls' "
         "mean. SC forward = time inside the `sclearn.sc_sample` / `sclearn.sc_score` spans, measured directly (Python in the hook included), a cross-check on the forward half of SC cost. "
         "\"all ops\" and their ratio are raw op-time sums and carry the machine's noise.",
