@@ -482,21 +482,35 @@ def report(args) -> dict[str, Any]:
         out["search"].append({"name": r["name"], "seed": r["seed"], "lpc": r["labels_per_class"], "steps": r["steps"],
                               "val_acc": r["val_acc"], "wall_s": r["wall_time_s"],
                               "sc_final": r["final_train_terms"].get("sc"), "params": _describe(r["params"])})
+    # final[lpcN] = {"supervised": runs, "sc_configs": {name: runs + comparison}}: one entry per SC config sent
+    # to the final stage (each round's choice), each compared with the same supervised runs.
     for r in final:
-        key = f"lpc{r['labels_per_class']}"
-        arm = out["final"].setdefault(key, {}).setdefault(r["arm"], {"name": r["name"], "test": [], "val": [],
-                                                                       "seeds": [], "wall_s": []})
+        entry = out["final"].setdefault(f"lpc{r['labels_per_class']}", {"supervised": None, "sc_configs": {}})
+        if r["arm"] == "supervised":
+            entry["supervised"] = entry["supervised"] or {"name": r["name"], "test": [], "val": [], "seeds": [],
+                                                          "wall_s": []}
+            arm = entry["supervised"]
+        else:
+            arm = entry["sc_configs"].setdefault(r["name"], {"name": r["name"], "test": [], "val": [], "seeds": [],
+                                                             "wall_s": []})
         arm["test"].append(r["test_acc"]); arm["val"].append(r["val_acc"])
         arm["seeds"].append(r["seed"]); arm["wall_s"].append(r["wall_time_s"])
-    for key, arms in out["final"].items():
-        if "sc" in arms and "supervised" in arms:
-            sup, sc = arms["supervised"]["test"], arms["sc"]["test"]
+    for entry in out["final"].values():
+        if entry["supervised"] is None:
+            continue
+        sup_by_seed = dict(zip(entry["supervised"]["seeds"], entry["supervised"]["test"]))
+        for arm in entry["sc_configs"].values():
+            sup = [sup_by_seed[s] for s in arm["seeds"] if s in sup_by_seed]  # the same seeds (label subsets)
+            sc = [t for s, t in zip(arm["seeds"], arm["test"]) if s in sup_by_seed]
+            if not sc:
+                continue
             pooled = max(statistics.stdev(sup) if len(sup) > 1 else 0.0, statistics.stdev(sc) if len(sc) > 1 else 0.0)
             gain = statistics.mean(sc) - statistics.mean(sup)
-            arms["gain_pt"] = round(100 * gain, 2)
-            arms["two_std_pt"] = round(200 * pooled, 2)
+            arm["gain_pt"] = round(100 * gain, 2)
+            arm["two_std_pt"] = round(200 * pooled, 2)
+            arm["per_seed_gain_pt"] = [round(100 * (a - b), 2) for a, b in zip(sc, sup)]
             # "beats by more than 2 std of the seed spread": the larger of the two arms' seed std
-            arms["criterion_met"] = bool(gain > 2 * pooled) if min(len(sup), len(sc)) >= 2 else None
+            arm["criterion_met"] = bool(gain > 2 * pooled) if len(sc) >= 2 else None
     for r in probe:
         for lpc, res in r["results"].items():
             key = f"{r['name'].split('__')[0]}_{r['pretrain_steps']}steps|lpc{lpc}"
@@ -539,20 +553,22 @@ def write_markdown(args, out, search, final, probe) -> None:
         lines += ["### Final (test accuracy, %, mean ± std over seeds)", ""]
         rows = []
         for key in sorted(out["final"], key=lambda k: int(k[3:])):
-            a = out["final"][key]
-            sup, sc = a.get("supervised", {}), a.get("sc", {})
-            rows.append((key[3:], f"{sup.get('name')}: {_ms(sup.get('test', []))}",
-                         f"{sc.get('name')}: {_ms(sc.get('test', []))}", a.get("gain_pt"), a.get("two_std_pt"),
-                         a.get("criterion_met"), sup.get("seeds"),
-                         f"{statistics.mean(sup.get('wall_s', [0])):.0f} / {statistics.mean(sc.get('wall_s', [0])):.0f}"))
-        lines += [markdown_table(["labels/class", "supervised only", "SC joint", "gain (pt)", "2·std (pt)",
-                                  "SC > sup by > 2 std", "seeds", "wall s / run (sup / SC)"], rows), ""]
+            entry = out["final"][key]
+            sup = entry["supervised"] or {}
+            for sc in entry["sc_configs"].values():
+                rows.append((key[3:], f"{sup.get('name')}: {_ms(sup.get('test', []))}",
+                             f"{sc['name']}: {_ms(sc['test'])}", sc.get("gain_pt"), sc.get("per_seed_gain_pt"),
+                             sc.get("two_std_pt"), sc.get("criterion_met"), sc["seeds"],
+                             f"{statistics.mean(sup.get('wall_s', [0])):.0f} / {statistics.mean(sc['wall_s']):.0f}"))
+        lines += [markdown_table(["labels/class", "supervised only", "SC config", "gain (pt)", "gain per seed (pt)",
+                                  "2·std (pt)", "SC > sup by > 2 std", "seeds", "wall s / run (sup / SC)"], rows), ""]
         lines += ["Per-seed test accuracies:", ""]
         for key in sorted(out["final"], key=lambda k: int(k[3:])):
-            for arm in ("supervised", "sc"):
-                if arm in out["final"][key]:
-                    a = out["final"][key][arm]
-                    lines.append(f"- {key} {arm}: " + ", ".join(f"seed {s}: {100 * t:.2f}" for s, t in zip(a["seeds"], a["test"])))
+            entry = out["final"][key]
+            for a in [entry["supervised"], *entry["sc_configs"].values()]:
+                if a:
+                    lines.append(f"- {key} {a['name']}: "
+                                 + ", ".join(f"seed {s}: {100 * t:.2f}" for s, t in zip(a["seeds"], a["test"])))
         lines.append("")
     if out["probe"]:
         lines += ["### Linear probe on frozen `stages.1` features (test accuracy, %)", ""]

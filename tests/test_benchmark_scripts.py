@@ -145,7 +145,9 @@ def test_sc_ablation_smoke(idx_dir: Path, tmp_path: Path) -> None:
     frozen = next(r for r in summary["search"] if r["name"] == "r4_ft_freeze01")["params"]
     assert "freeze=['stages.0', 'stages.1']" in frozen and "pretrain_max_steps=2" in frozen
     final = summary["final"]["lpc2"]
-    assert set(final) >= {"supervised", "sc"} and len(final["sc"]["test"]) == 1
+    assert len(final["supervised"]["test"]) == 1 and len(final["sc_configs"]) == 1
+    (sc,) = final["sc_configs"].values()
+    assert len(sc["test"]) == 1 and sc["gain_pt"] == round(100 * (sc["test"][0] - final["supervised"]["test"][0]), 2)
     assert summary["probe"]  # linear + kNN probes of SC vs random features ran
 
 
