@@ -535,8 +535,9 @@ def write_markdown(args, out, search, final, probe) -> None:
              f"{machine_line(machine_info(torch.device('cpu')))}; every run used 1 torch thread, 2 runs at a time, "
              "on a machine shared with other jobs (wall times are indicative).", "",
              "Protocol: Fashion-MNIST, the paper's MNIST net (`sc_mnist`), ±2 px shifts, no flips, SGD (0.9, wd 5e-4), "
-             "lr 0.05 cosine, labelled batch 64; the SC arm is joint training (CE + λ·SC) with an unlabelled batch of "
-             "128 from all 60k train images at every step, the same number of optimizer steps as supervised-only. "
+             "lr 0.05 cosine, labelled batch 64; an SC arm is either joint training (CE + λ·SC) with an unlabelled "
+             "batch of 128 from all 60k train images at every step, or two-stage (SC pre-training on batches of 192, "
+             "then fine-tuning), with the same number of labelled optimizer steps as supervised-only. "
              "Choices on a 100/class validation split drawn from the non-labelled train images; test scored once at "
              "the end of each final run.", ""]
     sel = out.get("selection", {})
