@@ -508,10 +508,14 @@ def test_normalization_stats_follow_the_unlabelled_images_and_the_channel_count(
     labeled, unlabeled = gray_ds([255, 255]), gray_ds([0, 255, 0, 255])  # mean 1.0 vs mean 0.5, std 0.5
     splits = D.SemiSupervisedSplits(labeled=labeled, unlabeled=unlabeled, test=labeled, val=None, num_classes=2,
                                     class_names=["a", "b"], indices={})
-    assert D.normalization_stats(splits, channels=1) == pytest.approx(((0.5,), (0.5,)))
-    assert D.normalization_stats(splits, channels=3) == pytest.approx(((0.5,) * 3, (0.5,) * 3))
+    def stats(channels: int) -> list[float]:  # (mean, std) flattened, for pytest.approx
+        mean, std = D.normalization_stats(splits, channels=channels)
+        return [*mean, *std]
+
+    assert stats(1) == pytest.approx([0.5, 0.5])
+    assert stats(3) == pytest.approx([0.5] * 6)
     splits.unlabeled = None  # supervised on everything: the labelled images decide
-    assert D.normalization_stats(splits, channels=1) == pytest.approx(((1.0,), (0.0,)), abs=1e-6)
+    assert stats(1) == pytest.approx([1.0, 0.0], abs=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------- loaders
