@@ -38,7 +38,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -48,16 +47,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` and sample_efficiency when run as a script
 
 from common import (
-    command_line,
     fenced,
     load_average,
-    machine_info,
     machine_line,
     markdown_table,
     mean_pm_std,
     now_utc,
     print_json,
+    report_header,
+    set_run_dirs,
     summarize,
+    uptime,
     write_result_block,
 )
 from sample_efficiency import (
@@ -66,7 +66,6 @@ from sample_efficiency import (
     loop_seconds,
     run_hash,
     train_once,
-    uptime,
 )
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -272,21 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
     with contextlib.ExitStack() as stack:
-        if args.smoke and (args.results_dir is None or args.runs_dir is None):
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sclearn-t3-smoke-")))
-            args.results_dir = args.results_dir or tmp / "results"
-            args.runs_dir = args.runs_dir or tmp / "runs"
-        args.results_dir = args.results_dir or BENCH_DIR / "mnist_table3_results"
-        args.runs_dir = args.runs_dir or ROOT / "runs" / "mnist_table3"
-        report: dict[str, Any] = {
-            "benchmark": "mnist_table3",
-            "command": command_line(),
-            "date": now_utc(),
-            "machine": machine_info(torch.device("cpu")),
-            "uptime_start": uptime(),
-            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                       if k != "write_results"},
-        }
+        set_run_dirs(args, "mnist_table3", stack)
+        report = report_header("mnist_table3", args)
         results = [run_arm(arm, seed, args) for seed in args.seeds for arm in args.arms]
         report["runs"] = [{k: v for k, v in r.items() if k != "config"} for r in results]
         report["arms"] = {}

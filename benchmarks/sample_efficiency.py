@@ -54,9 +54,7 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -66,16 +64,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` when run as a script
 
 from common import (
-    command_line,
     fenced,
     load_average,
-    machine_info,
     machine_line,
     markdown_table,
     mean_pm_std,
     now_utc,
     print_json,
+    report_header,
+    set_run_dirs,
     summarize,
+    uptime,
     write_result_block,
 )
 
@@ -92,13 +91,6 @@ NOT_HASHED = {"output_dir", "resume", "num_workers", "log_every", "report_to", "
 
 
 # -- helpers shared with mnist_table3.py ---------------------------------------------------------------------
-def uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], check=False, capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "load average: " + ", ".join(map(str, load_average()))
-
-
 def json_arg(text: str) -> dict[str, Any]:
     """argparse type: a JSON object."""
     try:
@@ -445,21 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
     with contextlib.ExitStack() as stack:
-        if args.smoke and (args.results_dir is None or args.runs_dir is None):
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sclearn-se-smoke-")))
-            args.results_dir = args.results_dir or tmp / "results"
-            args.runs_dir = args.runs_dir or tmp / "runs"
-        args.results_dir = args.results_dir or BENCH_DIR / "sample_efficiency_results"
-        args.runs_dir = args.runs_dir or ROOT / "runs" / "sample_efficiency"
-        report: dict[str, Any] = {
-            "benchmark": "sample_efficiency",
-            "command": command_line(),
-            "date": now_utc(),
-            "machine": machine_info(torch.device("cpu")),
-            "uptime_start": uptime(),
-            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                       if k != "write_results"},
-        }
+        set_run_dirs(args, "sample_efficiency", stack)
+        report = report_header("sample_efficiency", args)
         results = [run_arm(arm, seed, args) for seed in args.seeds for arm in args.arms]
         report["runs"] = [{k: v for k, v in r.items() if k != "stages"} | {
             "stages": {n: {k: v for k, v in s.items() if k not in ("config", "results")} for n, s in r["stages"].items()}}
