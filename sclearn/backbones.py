@@ -13,6 +13,7 @@ from typing import Any
 
 import timm
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -99,6 +100,72 @@ def _classifier_prefixes(backbone: nn.Module) -> tuple[str, ...]:
     return tuple(names)
 
 
+def weights_file(source: str | Path) -> Path:
+    """The safetensors file of a weights source: the file itself, or a dir's backbone.safetensors (a run) or
+    model.safetensors (a trainer checkpoint)."""
+    source = Path(source)
+    if source.is_dir():
+        for candidate in (source / "backbone.safetensors", source / "model.safetensors"):
+            if candidate.is_file():
+                return candidate
+        raise FileNotFoundError(f"{source} holds neither backbone.safetensors nor model.safetensors")
+    if not source.is_file():
+        raise FileNotFoundError(f"init_from={str(source)!r} does not exist")
+    return source
+
+
+def _weights_meta(path: Path) -> tuple[dict[str, Any], Path] | None:
+    """(architecture and in_chans, the file that says so) for an exported backbone or a trainer checkpoint."""
+    beside = path.with_suffix(".json")  # backbone.json next to backbone.safetensors
+    if beside.is_file():
+        meta = json.loads(beside.read_text())
+        return {"architecture": meta.get("architecture"), "in_chans": meta.get("in_chans")}, beside
+    from .rundir import run_dir_of
+
+    run = run_dir_of(path.parent)  # model.safetensors of <run>/checkpoints/ckpt-…
+    if run is not None:
+        config = json.loads((run / "config.json").read_text())
+        return {"architecture": config.get("backbone"), "in_chans": config.get("channels")}, run / "config.json"
+    return None
+
+
+def _base_name(name: str) -> str:
+    return name.split(".", 1)[0]  # timm's "resnet18.a1_in1k" is the architecture "resnet18"
+
+
+def check_init_source(source: str | Path, *, architecture: str, in_chans: int) -> Path:
+    """Fail fast on an ``init_from`` that is missing, truncated, or holds another architecture's weights.
+
+    Reads only the safetensors header and the metadata beside it (``backbone.json``, or a checkpoint's run
+    ``config.json``), so it runs before any data is loaded. Returns the weights file.
+    """
+    path = weights_file(source)
+    try:
+        with safe_open(str(path), "pt"):
+            pass
+    except SafetensorError as e:
+        raise ValueError(f"init_from={str(source)!r}: {path} is truncated or corrupt ({e}); export it again or "
+                         "point init_from at another checkpoint") from None
+    try:
+        found = _weights_meta(path)
+    except (OSError, ValueError):  # unreadable metadata: the shape check at load time still guards
+        found = None
+    if found is not None:
+        meta, where = found
+        if meta["architecture"] is not None and _base_name(meta["architecture"]) != _base_name(architecture):
+            raise ValueError(
+                f"init_from={str(source)!r} holds weights of {meta['architecture']!r} (says {where}), but "
+                f"backbone={architecture!r}. Set backbone={meta['architecture']!r} to start from them, or "
+                f"give init_from weights of {architecture!r}."
+            )
+        if meta["in_chans"] not in (None, in_chans):
+            raise ValueError(
+                f"init_from={str(source)!r} was trained with channels={meta['in_chans']} (says {where}), but "
+                f"channels={in_chans}. Use channels={meta['in_chans']}."
+            )
+    return path
+
+
 def load_backbone_weights(backbone: nn.Module, source: str | Path) -> list[str]:
     """Load weights into ``backbone`` from an exported file, a run dir or a trainer checkpoint dir.
 
@@ -108,16 +175,7 @@ def load_backbone_weights(backbone: nn.Module, source: str | Path) -> list[str]:
     Returns:
         The names of the skipped tensors.
     """
-    source = Path(source)
-    if source.is_dir():
-        for candidate in (source / "backbone.safetensors", source / "model.safetensors"):
-            if candidate.is_file():
-                source = candidate
-                break
-        else:
-            raise FileNotFoundError(f"{source} holds neither backbone.safetensors nor model.safetensors")
-    if not source.is_file():
-        raise FileNotFoundError(f"init_from={str(source)!r} does not exist")
+    source = weights_file(source)
     state = {_strip_wrappers(k): v for k, v in load_file(str(source)).items()}
     if any(k.startswith("backbone.") for k in state):  # a trainer checkpoint of the whole wrapper
         state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}

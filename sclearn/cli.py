@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+import os
+import re
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from .config import MODES, TrainConfig
@@ -36,6 +40,17 @@ def _optional_int(text: str) -> int | None:
     return None if text.lower() in ("none", "all") else int(text)
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"img_size\": 32}}', got {text!r} "
+                                         f"({e.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"img_size\": 32}}', got {text!r}")
+    return value
+
+
 def _auto_bool(value: str) -> bool | None:
     words = {"auto": None, "true": True, "false": False}
     if value.lower() not in words:
@@ -52,8 +67,12 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--split-seed", "split_seed", int, "seed of the labelled-subset draw"),
     ("--image-size", "image_size", _optional_int, "resize images to this side ('none' keeps the size)"),
     ("--channels", "channels", int, "input channels: 3 (grayscale repeated to RGB) or 1"),
+    ("--train-split", "train_split", str, "the dataset's split to draw labelled and unlabelled images from"),
+    ("--test-split", "test_split", str, "the dataset's split to test on"),
     ("--translate", "translate", int, "random translation in pixels (pad + crop)"),
     ("--backbone", "backbone", str, "timm model name, or torchvision:<name>"),
+    ("--model-kwargs", "model_kwargs", _json_object,
+     'extra keyword arguments for the model, as JSON, e.g. \'{"img_size": 32}\' for a ViT at 32 px'),
     ("--mode", "mode", str, f"what to train: {' | '.join(MODES)}"),
     ("--pretrain-epochs", "pretrain_epochs", int, "epochs of SC pre-training (pretrain / two_stage)"),
     ("--epochs", "epochs", int, "epochs of the supervised, finetune or joint stage"),
@@ -109,9 +128,68 @@ def with_preset(defaults: dict[str, Any], argv: Sequence[str] | None = None) -> 
     return merged
 
 
-def build_parser(defaults: dict[str, Any], description: str) -> argparse.ArgumentParser:
+class FlagParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that remembers the option that sets each destination (``flags``), so that error
+    messages can name the flag a CLI user typed instead of the Python argument (see :func:`cli_message`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.flags: dict[str, argparse.Action] = {}
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        if action.option_strings:
+            self.flags.setdefault(action.dest, action)
+        return action
+
+
+def cli_message(message: str, flags: Mapping[str, argparse.Action]) -> str:
+    """A library message in the words of the command line: ``TrainConfig.image_size``, ``image_size=`` and
+    ``image_size`` become ``--image-size``, ``resume=True`` becomes ``--resume``.
+
+    Bare names are only rewritten when they hold an underscore (``patch_size``, not ``data``), and never inside
+    a longer name, an attribute, a call or a path.
+    """
+    for dest in sorted(flags, key=len, reverse=True):
+        action = flags[dest]
+        flag = max(action.option_strings, key=len)
+        name = re.escape(dest)
+        message = re.sub(rf"\bTrainConfig\.{name}\b", flag, message)
+        if action.const is not None:  # switches: resume=True -> --resume, hflip=False -> --no-hflip
+            message = re.sub(rf"(?<![\w.(-]){name}={re.escape(repr(action.const))}(?![\w'])", flag, message)
+        message = re.sub(rf"(?<![\w.(-]){name}='([^'\s]*)'", rf"{flag}=\1", message)
+        message = re.sub(rf"(?<![\w.(-]){name}=(?=[^\s/.,)])", f"{flag}=", message)
+        message = re.sub(rf"(?<![\w.(-]){name}=", flag, message)  # "pass train_split=/test_split=."
+        if "_" in dest:
+            message = re.sub(rf"(?<![\w./(-]){name}(?![\w/-])", flag, message)
+    return re.sub(r"(--[\w-]+) to build_transform\b", r"\1", message)  # a function name means nothing here
+
+
+def _is_user_error(error: BaseException) -> bool:
+    """Bad input or a run that cannot go on as asked (not a bug in sclearn): one line, exit status 2."""
+    user = (ValueError, FileNotFoundError)  # DataError, RunDirError and config errors are ValueErrors
+    train = sys.modules.get("sclearn.train")  # loaded whenever a NonFiniteLossError can exist
+    if train is not None:
+        user += (train.NonFiniteLossError,)
+    return isinstance(error, user)
+
+
+@contextmanager
+def cli_errors(flags: Mapping[str, argparse.Action] | None = None, *, debug: bool = False) -> Iterator[None]:
+    """Top-level handler of a command: a user error prints ``error: <message>`` (naming CLI flags) to stderr
+    and exits with status 2; with ``debug`` (``--debug``) or ``SCLEARN_DEBUG=1`` the traceback is shown."""
+    try:
+        yield
+    except Exception as e:
+        if debug or os.environ.get("SCLEARN_DEBUG") == "1" or not _is_user_error(e):
+            raise
+        print(f"error: {cli_message(str(e), flags or {})}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def build_parser(defaults: dict[str, Any], description: str) -> FlagParser:
     """An argparse parser whose defaults are the recipe's (after :func:`with_preset`); ``--help`` shows them."""
-    parser = argparse.ArgumentParser(
+    parser = FlagParser(
         description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     fields = {k: v for k, v in defaults.items() if k not in ("mode", "preset")}
@@ -135,7 +213,9 @@ def build_parser(defaults: dict[str, Any], description: str) -> argparse.Argumen
                         help="switch off random horizontal flips (digits)")
     parser.add_argument("--resume", nargs="?", const=True, default=False,
                         help="continue the run in --output-dir (or from the given checkpoint dir)")
-    parser.add_argument("--overwrite", action="store_true", help="delete --output-dir first if it holds a run")
+    parser.add_argument("--overwrite", action="store_true", default=base["overwrite"],
+                        help="delete the sclearn run in --output-dir first (only sclearn's own files)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     for flag, name, help_text in [
         ("--gather-negatives", "gather_negatives", "contrast against the patches of every process (DDP)"),
         ("--compile", "compile", "torch.compile the model (hooks are registered first)"),
@@ -156,7 +236,7 @@ def build_parser(defaults: dict[str, Any], description: str) -> argparse.Argumen
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = vars(args).copy()
-    values.pop("overwrite", None)
+    values.pop("debug", None)
     values.pop("preset", None)  # already applied to the defaults
     if values.get("protocol") in ("none", ""):
         values["protocol"] = None
@@ -169,20 +249,18 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_recipe(defaults: dict[str, Any], description: str, argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Parse flags over ``defaults``, train, print the summary as JSON and return it."""
-    import os
-    import shutil
-    from pathlib import Path
+    """Parse flags over ``defaults``, train, print the summary as JSON and return it.
 
-    from .train import Trainer
+    A user error ends the process with ``error: <message>`` and status 2 (see :func:`cli_errors`).
+    """
+    parser = build_parser(with_preset(defaults, argv), description)
+    args = parser.parse_args(argv)
+    with cli_errors(parser.flags, debug=args.debug):
+        from .train import Trainer
 
-    args = build_parser(with_preset(defaults, argv), description).parse_args(argv)
-    config = config_from_args(args)
-    rank0 = os.environ.get("RANK", "0") == "0"  # under accelerate launch only rank 0 deletes
-    if args.overwrite and rank0 and Path(config.output_dir).exists() and not config.resume:
-        shutil.rmtree(config.output_dir)
-    trainer = Trainer(config)
-    summary = trainer.fit()
+        config = config_from_args(args)
+        trainer = Trainer(config)
+        summary = trainer.fit()
     if trainer.accelerator.is_main_process:
         print(json.dumps({k: summary[k] for k in ("mode", "final_test_acc", "best_val_acc", "output_dir",
                                                   "wall_time_s", "figures")}, indent=2))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,8 +27,24 @@ DEFAULT_LR: dict[str, float] = {"pretrain": 0.1, "finetune": 0.01, "supervised":
 # Fields that may change between a run and its resumption without changing what is computed.
 RESUMABLE_FIELDS = frozenset(
     {"resume", "num_workers", "log_every", "report_to", "checkpoint_every", "keep_checkpoints", "progress",
-     "output_dir"}
+     "output_dir", "overwrite"}
 )
+
+
+_OPTIONAL_INT_FIELDS = ("labels_per_class", "image_size", "max_steps", "pretrain_max_steps", "checkpoint_every",
+                        "pretrain_batch_size", "projector_dim")
+_INT_FIELDS = ("epochs", "pretrain_epochs", "batch_size", "grad_accum_steps", "keep_checkpoints", "log_every",
+               "num_patches", "eval_every", "knn_k", "warmup_steps", "translate", "plateau_patience", "val_per_class",
+               "num_workers", "seed", "split_seed", *_OPTIONAL_INT_FIELDS)
+_FLOAT_FIELDS = ("lr", "pretrain_lr", "momentum", "weight_decay", "temperature", "sc_weight", "unlabeled_ratio")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -44,6 +62,8 @@ class TrainConfig:
         channels: 3 (grayscale is repeated) or 1.
         translate: Random translation in pixels (pad + crop), paper: "small translations".
         hflip: Random horizontal flips (paper: yes; switch off for digits).
+        train_split / test_split: The dataset's split names to draw the labelled / unlabelled sets from and
+            to test on.
 
     Model:
         backbone: A timm model name, or ``torchvision:<name>``.
@@ -89,6 +109,10 @@ class TrainConfig:
     Run:
         checkpoint_every: Save a checkpoint every N optimizer steps of a stage (after that epoch's evaluation
             when step N ends an epoch) and at the end of every stage. None: only at stage ends.
+        resume: True: continue the run in ``output_dir`` from its latest intact checkpoint; a run dir or a
+            checkpoint dir: continue from there (its run's settings must match). See :mod:`sclearn.rundir`.
+        overwrite: Delete the sclearn run in ``output_dir`` first (only sclearn's own files; never ``.``,
+            the home directory, ``/`` or a directory holding ``.git``).
     """
 
     # data
@@ -99,6 +123,8 @@ class TrainConfig:
     split_seed: int = 0
     image_size: int | None = None
     channels: int = 3
+    train_split: str = "train"
+    test_split: str = "test"
     translate: int = 2
     hflip: bool = True
     num_workers: int = 0
@@ -151,6 +177,7 @@ class TrainConfig:
     output_dir: str = "runs/sclearn"
     seed: int = 0
     resume: bool | str = False
+    overwrite: bool = False
     checkpoint_every: int | None = 500
     keep_checkpoints: int = 2
     log_every: int = 20
@@ -182,8 +209,9 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is not one of {allowed}")
+        self._validate_numbers()
         positive = ["epochs", "pretrain_epochs", "batch_size", "grad_accum_steps", "keep_checkpoints",
-                    "log_every", "num_patches", "eval_every"]
+                    "log_every", "num_patches", "eval_every", "knn_k"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -198,8 +226,9 @@ class TrainConfig:
                 f"TrainConfig.sc_rampup_steps={ramp!r}: give a number of steps (an int >= 0) or a fraction of "
                 "the stage's steps (a float in (0, 1])"
             )
-        if self.temperature <= 0 or self.unlabeled_ratio <= 0:
-            raise ValueError("TrainConfig.temperature and unlabeled_ratio must be > 0")
+        for name in ("lr", "pretrain_lr", "temperature", "unlabeled_ratio"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
         if self.uses_sc and self.sc_batch_size < 2:
             raise ValueError(f"SC needs batches of at least 2 images, got {self.sc_batch_size}")
         for name in ("layer_weights", "layer_patch_sizes"):
@@ -216,6 +245,43 @@ class TrainConfig:
                 "mode='finetune' starts from pretrained weights: set init_from to a run dir, a "
                 "checkpoint dir or a backbone .safetensors file (or use mode='two_stage')"
             )
+
+    def _validate_numbers(self) -> None:
+        """Types, finiteness and signs: settings that would otherwise fail late or silently mean nothing."""
+        for name in _INT_FIELDS:
+            value = getattr(self, name)
+            if not (value is None and name in _OPTIONAL_INT_FIELDS) and not _is_int(value):
+                raise ValueError(f"TrainConfig.{name} must be an integer, got {value!r}")
+        # NaN passes every `<` check and inf makes SC a constant (T = inf) or the first step NaN (lr = inf).
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if not (value is None and name == "lr") and not _is_finite(value):
+                raise ValueError(f"TrainConfig.{name} must be a finite number, got {value!r}")
+        for name in ("layer_weights", "layer_patch_sizes"):
+            values = getattr(self, name) or ()
+            if not all(_is_finite(v) for v in values):
+                raise ValueError(f"TrainConfig.{name} must hold finite numbers, got {list(values)!r}")
+        for name in ("weight_decay", "momentum", "sc_weight", "translate", "warmup_steps", "num_workers",
+                     "val_per_class", "plateau_patience"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if any(w < 0 for w in self.layer_weights or ()):
+            raise ValueError(f"TrainConfig.layer_weights must be >= 0, got {list(self.layer_weights)}")
+        for name in ("image_size", "labels_per_class", "pretrain_batch_size", "projector_dim"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1 or None, got {getattr(self, name)}")
+        for name in ("seed", "split_seed"):
+            if not 0 <= getattr(self, name) < 2**32:
+                raise ValueError(f"TrainConfig.{name} must lie in [0, 2**32), got {getattr(self, name)}")
+        for size in (self.patch_size, *(self.layer_patch_sizes or ())):
+            sides = size if isinstance(size, (tuple, list)) and len(size) == 2 else (size,)
+            if not all((_is_int(s) and s >= 1) or (isinstance(s, float) and 0.0 < s <= 1.0) for s in sides):
+                raise ValueError(f"patch size {size!r}: give a number of cells (an int >= 1) or a fraction of the "
+                                 "map side (a float in (0, 1]), e.g. patch_size=0.55")
+        if self.min_offset != "disjoint" and not (_is_int(self.min_offset) and self.min_offset >= 0):
+            raise ValueError(f"TrainConfig.min_offset must be an int >= 0 or 'disjoint', got {self.min_offset!r}")
+        if not isinstance(self.model_kwargs, dict):
+            raise TypeError(f"TrainConfig.model_kwargs must be a dict, got {self.model_kwargs!r}")
 
     # -- derived -------------------------------------------------------------------------------------
     @property

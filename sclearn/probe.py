@@ -19,16 +19,9 @@ import torch
 
 from . import data as sc_data
 from .backbones import build_backbone, load_backbone_weights
-from .config import TrainConfig
+from .cli import FlagParser, cli_errors
 from .evaluation import extract_features, knn_probe, linear_probe
-
-
-def _run_dir_of(source: Path) -> Path:
-    """The run dir that holds config.json: the source itself, or a parent (checkpoints/ckpt-...)."""
-    for candidate in (source, *source.parents):
-        if (candidate / "config.json").is_file():
-            return candidate
-    raise FileNotFoundError(f"no config.json in {source} or its parents: is it an sclearn run or checkpoint?")
+from .rundir import read_run_config, run_dir_of
 
 
 def probe_checkpoint(source: str | Path, *, layer: str | None = None, pool: int = 2, k: int = 20,
@@ -49,13 +42,22 @@ def probe_checkpoint(source: str | Path, *, layer: str | None = None, pool: int 
     Returns:
         ``{"linear_top1", "knn_top1", "feature_dim", ...}`` plus ``random_*`` keys with ``random_baseline``.
     """
+    for name, value in (("k", k), ("pool", pool), ("max_train", max_train)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name}={value!r}: give an integer >= 1")
     source = Path(source)
-    run_dir = _run_dir_of(source if source.is_dir() else source.parent)
-    cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    if not source.exists():
+        raise FileNotFoundError(f"{source} does not exist: give a run dir, a checkpoint dir or a backbone "
+                                ".safetensors of an sclearn run")
+    run_dir = run_dir_of(source if source.is_dir() else source.parent)
+    if run_dir is None:
+        raise FileNotFoundError(f"no config.json in {source} or its run dir: is it an sclearn run or checkpoint?")
+    cfg = read_run_config(run_dir / "config.json")
     dsd = sc_data.load_image_dataset(data or cfg.data)
     indices = run_dir / "split_indices.json"
     splits = sc_data.semi_supervised_splits(dsd, protocol=cfg.protocol, labels_per_class=cfg.labels_per_class,
                                             val_per_class=cfg.val_per_class, seed=cfg.split_seed,
+                                            train_split=cfg.train_split, test_split=cfg.test_split,
                                             indices_file=str(indices) if indices.is_file() else None)
     labeled = splits.labeled if max_train is None else splits.labeled.select(range(min(max_train, len(splits.labeled))))
     mean, std = sc_data.normalization_stats(splits, channels=cfg.channels)  # what the run trained on
@@ -83,8 +85,7 @@ def probe_checkpoint(source: str | Path, *, layer: str | None = None, pool: int 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = FlagParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("source", help="run dir, checkpoint dir, or backbone .safetensors of an sclearn run")
     parser.add_argument("--layer", help="layer to probe (default: the run's first SC layer)")
     parser.add_argument("--pool", type=int, default=2, help="average-pool the map to pool x pool cells")
@@ -92,9 +93,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", help="override the run's data source")
     parser.add_argument("--max-train", type=int, help="cap the labelled images used to fit the probes")
     parser.add_argument("--random-baseline", action="store_true", help="also probe the random-init net")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
-    print(json.dumps(probe_checkpoint(args.source, layer=args.layer, pool=args.pool, k=args.k, data=args.data,
-                                      random_baseline=args.random_baseline, max_train=args.max_train), indent=2))
+    with cli_errors(parser.flags, debug=args.debug):
+        result = probe_checkpoint(args.source, layer=args.layer, pool=args.pool, k=args.k, data=args.data,
+                                  random_baseline=args.random_baseline, max_train=args.max_train)
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

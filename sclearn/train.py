@@ -32,7 +32,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import data as sc_data
-from .backbones import build_backbone, check_head, export_backbone, load_backbone_weights
+from . import rundir
+from .backbones import build_backbone, check_head, check_init_source, export_backbone, load_backbone_weights
 from .batching import resumable_loader
 from .checkpoint import CheckpointManager, read_state
 from .config import FREEZE_STAGES, TrainConfig
@@ -86,10 +87,21 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, *, model: nn.Module | None = None, splits=None) -> None:
-        self.config = cfg = config
-        self.output_dir = Path(cfg.output_dir)
+        self.config = config
+        self.output_dir = Path(config.output_dir)
         self.accelerator = self._make_accelerator()
+        self._run_lock: rundir.RunDirLock | None = None
         self._prepare_run_dir()
+        try:
+            self._setup(model, splits)
+        except BaseException:
+            self.release_run_dir()
+            raise
+
+    def _setup(self, model: nn.Module | None, splits) -> None:
+        cfg = self.config
+        if cfg.init_from and model is None:  # before the data loads: a missing or foreign file fails now
+            check_init_source(cfg.init_from, architecture=cfg.backbone, in_chans=cfg.channels)
         set_seed(cfg.seed)
         with self.accelerator.main_process_first():
             self.splits = splits if splits is not None else self._load_splits()
@@ -105,10 +117,9 @@ class Trainer:
                 self.accelerator.print(f"init_from: re-initialised {skipped} (different shape)")
         self.frozen = self._frozen_modules(backbone)
         self.model = self._wrap(backbone)
-        if isinstance(self.model, MultiLayerSC) and any(
-            isinstance(p, nn.parameter.UninitializedParameter) for p in self.model.parameters()
-        ):
-            self.model.init_lazy(example)
+        if isinstance(self.model, MultiLayerSC):
+            # One dry SC forward: patch / map / hook errors now, not at step 1; also sizes lazy projectors.
+            self.model.check_for_training(example[:2])
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.compile:
@@ -137,7 +148,7 @@ class Trainer:
         self._resume()
         self.metrics_path = self.output_dir / "metrics.jsonl"
         if acc.log_with:
-            acc.init_trackers("sclearn", config=cfg.flat())
+            acc.init_trackers(rundir.TRACKER_RUN_NAME, config=cfg.flat())
 
     # -- setup ---------------------------------------------------------------------------------------
     def _make_accelerator(self) -> Accelerator:
@@ -174,36 +185,19 @@ class Trainer:
         return accelerator
 
     def _prepare_run_dir(self) -> None:
-        cfg, out = self.config, self.output_dir
-        if self.accelerator.is_main_process:
-            try:
-                out.mkdir(parents=True, exist_ok=True)
-                probe = out / ".write-test"
-                probe.write_text("ok")
-                probe.unlink()
-            except OSError as e:
-                raise ValueError(
-                    f"output_dir {str(out)!r} is not writable ({e.strerror}); choose another with output_dir="
-                ) from e
-            saved = out / "config.json"
-            has_run = (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
-            if cfg.resume and saved.is_file():
-                diff = cfg.diff(TrainConfig.from_dict(json.loads(saved.read_text())))
-                if diff:
-                    lines = "\n".join(f"  {k}: run has {old!r}, now {new!r}" for k, (new, old) in diff.items())
-                    raise ValueError(
-                        f"refusing to resume {out} with a different config:\n{lines}\n"
-                        f"Resume with the original settings, or start a new output_dir."
-                    )
-            elif has_run and not cfg.resume:
-                raise ValueError(
-                    f"{out} already holds a run. Pass resume=True (--resume) to continue it, or choose "
-                    f"another output_dir (or delete this one)."
-                )
-            if not cfg.resume:
-                (out / "metrics.jsonl").unlink(missing_ok=True)
-            cfg.save(saved)
-        self.accelerator.wait_for_everyone()
+        """Lock, check and set up the run dir (main process: one writer), and find what to resume from."""
+        acc = self.accelerator
+        if acc.is_main_process:
+            prepared = rundir.prepare_run_dir(self.config, num_processes=acc.num_processes, log=acc.print)
+            self._run_lock, self._resume_from = prepared.lock, prepared.resume_from
+        acc.wait_for_everyone()
+        if not acc.is_main_process:  # the same files, read after the main process checked them
+            self._resume_from = rundir.resolve_resume(self.config.resume, self.output_dir, warn=False)
+
+    def release_run_dir(self) -> None:
+        """Release the run dir's lock (fit does at its end); another process may then write to it."""
+        if self._run_lock is not None:
+            self._run_lock.release()
 
     def _load_splits(self):
         cfg = self.config
@@ -216,6 +210,8 @@ class Trainer:
             labels_per_class=cfg.labels_per_class,
             val_per_class=cfg.val_per_class,
             seed=cfg.split_seed,
+            train_split=cfg.train_split,
+            test_split=cfg.test_split,
             save_indices_to=str(self.output_dir / "split_indices.json") if self.accelerator.is_main_process else None,
         )
 
@@ -367,20 +363,12 @@ class Trainer:
         cfg = self.config
         if not cfg.resume:
             return
-        ckpt = Path(cfg.resume) if isinstance(cfg.resume, str) else self.checkpoints.latest()
+        ckpt = self._resume_from  # intact, and written by a run with these settings (sclearn.rundir)
         if ckpt is None:
             self.accelerator.print(f"resume: no checkpoint in {self.checkpoints.directory}; starting fresh")
             self._truncate_metrics(-1)
             return
-        if not ckpt.is_dir():
-            raise FileNotFoundError(f"resume={str(ckpt)!r} is not a checkpoint directory")
         saved = read_state(ckpt)
-        if saved.get("num_processes", 1) != self.accelerator.num_processes:
-            # Shards, batches per epoch and the position inside the epoch all depend on the process count.
-            raise ValueError(
-                f"{ckpt} was written by {saved.get('num_processes', 1)} process(es); resume it with the same "
-                f"number (now {self.accelerator.num_processes})"
-            )
         self.accelerator.load_state(str(ckpt))
         self.state = saved
         self.accelerator.print(f"resumed from {ckpt} at step {self.state['global_step']}")
@@ -403,7 +391,15 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        """Run every remaining stage; export the backbone; write summary.json and figures."""
+        """Run every remaining stage; export the backbone; write summary.json and figures.
+
+        The run dir stays locked until it returns or raises."""
+        try:
+            return self._fit()
+        finally:
+            self.release_run_dir()
+
+    def _fit(self) -> dict[str, Any]:
         cfg, acc, st = self.config, self.accelerator, self.state
         start = time.time()
         while st["stage_index"] < len(cfg.stages):

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from .layouts import FeatureLayout, Layout
 from .losses import SpatialContrastiveLoss
+from .sampling import resolve_patch_size
 
 
 @dataclass
@@ -49,10 +50,21 @@ class _HookState:
         self.capturing: set[torch.device] = set()
         self.input_hw: dict[torch.device, tuple[int, int]] = {}
         self.patches: dict[torch.device, dict[str, Tensor]] = {}
+        self.map_shapes: dict[str, tuple[int, ...]] | None = None  # (C, H, W) per layer, while check_for_training runs
 
 
 def _sanitize(name: str) -> str:
     return name.replace(".", "__")  # ModuleDict keys may not contain dots
+
+
+def _degenerate_patch_error(name: str, map_hw: tuple[int, int], patch_hw: tuple[int, int]) -> ValueError:
+    h, w = map_hw
+    fix = ("no smaller patch exists: hook an earlier layer with a larger map, or feed larger images (image_size)"
+           if h == w == 1 else "use a smaller patch_size (e.g. 0.5), or hook an earlier layer with a larger map")
+    return ValueError(
+        f"SC at layer {name!r} is degenerate: its {patch_hw[0]}x{patch_hw[1]} patch covers the whole {h}x{w} "
+        f"feature map, so both patches of an image are identical and SC learns nothing from them; {fix}."
+    )
 
 
 def _unknown_layer_error(name: str, names: Sequence[str]) -> ValueError:
@@ -95,6 +107,11 @@ class MultiLayerSC(nn.Module):
         sc_in_eval: bool = False,
     ) -> None:
         super().__init__()
+        if any(isinstance(m, MultiLayerSC) for m in backbone.modules()):
+            raise ValueError(
+                "the backbone already holds a MultiLayerSC: wrap the plain backbone once, naming every layer "
+                "(MultiLayerSC(backbone, layers=[...all of them...])), or unwrap() the inner one first"
+            )
         layers = [layers] if isinstance(layers, str) else list(layers)
         if len(set(layers)) != len(layers):
             raise ValueError(f"layers names a layer twice: {layers}")
@@ -165,9 +182,21 @@ class MultiLayerSC(nn.Module):
         state = self._state
         if x.device not in state.capturing:
             return
+        patches = state.patches[x.device]
+        if name in patches:  # a second call would silently replace the first call's patches
+            parent = name.rpartition(".")[0]
+            raise ValueError(
+                f"layer {name!r} runs more than once per forward pass (a module the network reuses, like the "
+                f"ReLU that each torchvision ResNet block calls twice), so SC cannot tell which output to use. "
+                f"Hook a module that runs once" + (f", e.g. its parent {parent!r}." if parent else ".")
+            )
         with torch.profiler.record_function("sclearn.sc_sample"):  # a named span in profiler traces
             fmap = self._layouts[name](x, state.input_hw.get(x.device))  # (B, C, H, W)
-            state.patches[x.device][name] = self.loss_for(name).sample(fmap)  # (B, P, D)
+            if fmap.shape[-2:] == (1, 1):
+                raise _degenerate_patch_error(name, (1, 1), (1, 1))
+            if state.map_shapes is not None:
+                state.map_shapes[name] = tuple(fmap.shape[1:])
+            patches[name] = self.loss_for(name).sample(fmap)  # (B, P, D)
 
     def remove_hooks(self) -> None:
         """Detach every hook. The backbone is left exactly as it was before wrapping."""
@@ -244,6 +273,33 @@ class MultiLayerSC(nn.Module):
             self(example, compute_sc=True)
         finally:
             self.train(was_training)
+
+    @torch.no_grad()
+    def check_for_training(self, example: Tensor) -> dict[str, tuple[int, ...]]:
+        """One dry SC forward pass before training: raises now what the first step would (a patch larger than
+        the map, an impossible ``min_offset``, a layer that runs twice) and refuses a patch covering the whole
+        map, for which both patches of an image are identical. Materialises lazy projectors too.
+
+        Runs in eval mode and restores the RNG, so neither batch-norm statistics nor later draws change.
+
+        Args:
+            example: A batch of at least 2 inputs, e.g. (2, C, H, W).
+
+        Returns:
+            Each hooked layer's feature map shape (C, H, W).
+        """
+        self._state.map_shapes = {}
+        try:
+            with torch.random.fork_rng(devices=[]):
+                self.init_lazy(example)
+            shapes = self._state.map_shapes
+        finally:
+            self._state.map_shapes = None
+        for name, (_, h, w) in shapes.items():
+            patch_hw = resolve_patch_size(self.loss_for(name).patch_size, h, w)
+            if patch_hw == (h, w):
+                raise _degenerate_patch_error(name, (h, w), patch_hw)
+        return shapes
 
     def extra_repr(self) -> str:
         return f"layers={list(self.layers)}, weights={self.weights}"
