@@ -133,8 +133,8 @@ class FlagParser(argparse.ArgumentParser):
     messages can name the flag a CLI user typed instead of the Python argument (see :func:`cli_message`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.flags: dict[str, argparse.Action] = {}  # first: argparse's __init__ adds --help through add_argument
         super().__init__(*args, **kwargs)
-        self.flags: dict[str, argparse.Action] = {}
 
     def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
         action = super().add_argument(*args, **kwargs)

@@ -325,10 +325,26 @@ def check_resume_matches(config: TrainConfig, checkpoint: Path | None, *, num_pr
 # -- all of it, for the Trainer ---------------------------------------------------------------------
 @dataclass
 class PreparedRunDir:
-    """What :func:`prepare_run_dir` leaves: the held lock and the checkpoint to resume from (or None)."""
+    """What :func:`prepare_run_dir` leaves: the held lock, the checkpoint to resume from (or None), and the run
+    files that were already there (the rest are this run's)."""
 
     lock: RunDirLock
     resume_from: Path | None
+    existed: frozenset[str] = frozenset()
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def abandon(self) -> None:
+        """Set-up failed before training: remove the run files this run wrote (config.json, split indices, an
+        empty checkpoints/), so that the fixed command can start again, then release the lock."""
+        run_dir = self.lock.run_dir
+        for name in set(RUN_FILES) - self.existed:
+            (run_dir / name).unlink(missing_ok=True)
+        checkpoints = run_dir / CHECKPOINTS_DIR
+        if CHECKPOINTS_DIR not in self.existed and checkpoints.is_dir() and not any(checkpoints.iterdir()):
+            checkpoints.rmdir()
+        self.release()
 
 
 def prepare_run_dir(config: TrainConfig, *, num_processes: int = 1,
@@ -354,6 +370,7 @@ def prepare_run_dir(config: TrainConfig, *, num_processes: int = 1,
         raise RunDirError(f"output_dir {str(out)!r} is not writable ({e.strerror}); choose another "
                           "output_dir") from e
     lock = RunDirLock(out).acquire()
+    existed = frozenset(n for n in (*RUN_FILES, CHECKPOINTS_DIR) if (out / n).exists())
     try:
         if config.overwrite:
             deleted = clear_run(out)
@@ -373,11 +390,16 @@ def prepare_run_dir(config: TrainConfig, *, num_processes: int = 1,
         resume_from = resolve_resume(config.resume, out)
         if config.resume:
             check_resume_matches(config, resume_from, num_processes=num_processes)
+        writer = run_dir_of(resume_from) if resume_from is not None else None
+        if writer is not None and writer.resolve() != out.resolve() and not (out / "metrics.jsonl").exists():
+            # Continuing another run here: its log up to the checkpoint comes along (the Trainer cuts the rest).
+            if (writer / "metrics.jsonl").is_file():
+                shutil.copyfile(writer / "metrics.jsonl", out / "metrics.jsonl")
         config.save(out / "config.json")
     except BaseException:
         lock.release()
         raise
-    return PreparedRunDir(lock, resume_from)
+    return PreparedRunDir(lock, resume_from, existed)
 
 
 __all__ = [

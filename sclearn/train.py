@@ -90,12 +90,13 @@ class Trainer:
         self.config = config
         self.output_dir = Path(config.output_dir)
         self.accelerator = self._make_accelerator()
-        self._run_lock: rundir.RunDirLock | None = None
+        self._run_dir: rundir.PreparedRunDir | None = None  # held by the main process only
         self._prepare_run_dir()
         try:
             self._setup(model, splits)
         except BaseException:
-            self.release_run_dir()
+            if self._run_dir is not None:  # nothing trained: leave no half-made run behind
+                self._run_dir.abandon()
             raise
 
     def _setup(self, model: nn.Module | None, splits) -> None:
@@ -188,16 +189,16 @@ class Trainer:
         """Lock, check and set up the run dir (main process: one writer), and find what to resume from."""
         acc = self.accelerator
         if acc.is_main_process:
-            prepared = rundir.prepare_run_dir(self.config, num_processes=acc.num_processes, log=acc.print)
-            self._run_lock, self._resume_from = prepared.lock, prepared.resume_from
+            self._run_dir = rundir.prepare_run_dir(self.config, num_processes=acc.num_processes, log=acc.print)
+            self._resume_from = self._run_dir.resume_from
         acc.wait_for_everyone()
         if not acc.is_main_process:  # the same files, read after the main process checked them
             self._resume_from = rundir.resolve_resume(self.config.resume, self.output_dir, warn=False)
 
     def release_run_dir(self) -> None:
         """Release the run dir's lock (fit does at its end); another process may then write to it."""
-        if self._run_lock is not None:
-            self._run_lock.release()
+        if self._run_dir is not None:
+            self._run_dir.release()
 
     def _load_splits(self):
         cfg = self.config

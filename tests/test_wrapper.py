@@ -45,11 +45,11 @@ def test_logits_unchanged_by_wrapping(images):
 
 def test_two_layers_with_weights(images):
     torch.manual_seed(0)
-    model = MultiLayerSC(timm.create_model("resnet18", num_classes=10), layers=["layer2", "layer4"],
+    model = MultiLayerSC(timm.create_model("resnet18", num_classes=10), layers=["layer2", "layer3"],
                          weights=[0.25, 2.0], loss=SpatialContrastiveLoss(patch_size=1.0))
     out = model(images)
-    assert set(out.sc_losses) == {"layer2", "layer4"}
-    want = 0.25 * out.sc_losses["layer2"] + 2.0 * out.sc_losses["layer4"]
+    assert set(out.sc_losses) == {"layer2", "layer3"}
+    want = 0.25 * out.sc_losses["layer2"] + 2.0 * out.sc_losses["layer3"]
     assert out.sc_loss.item() == pytest.approx(want.item(), rel=1e-6)
 
 
