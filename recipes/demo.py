@@ -82,7 +82,10 @@ def run_arm(name: str, data: str, args: argparse.Namespace, extra: list[str]) ->
         "--checkpoint-every", "none", "--eval-every", "1000", "--report-to", "none", "--output-dir", str(out), "--overwrite", *extra,
     ]
     print(f"\n== {name}: {' '.join(cmd[1:])}", flush=True)
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    done = subprocess.run(cmd, check=False, cwd=ROOT)
+    if done.returncode != 0:  # the recipe has printed its one-line error; no traceback of this script on top
+        print(f"error: the {name} arm stopped (exit status {done.returncode}); its message is above", file=sys.stderr)
+        raise SystemExit(done.returncode)
     return json.loads((out / "summary.json").read_text())
 
 

@@ -161,7 +161,7 @@ def cli_message(message: str, flags: Mapping[str, argparse.Action]) -> str:
         message = re.sub(rf"(?<![\w.(-]){name}=(?=[^\s/.,)])", f"{flag}=", message)
         message = re.sub(rf"(?<![\w.(-]){name}=", flag, message)  # "pass train_split=/test_split=."
         if "_" in dest:
-            message = re.sub(rf"(?<![\w./(-]){name}(?![\w/-])", flag, message)
+            message = re.sub(rf"(?<![\w./-]){name}(?![\w-])", flag, message)
     return re.sub(r"(--[\w-]+) to build_transform\b", r"\1", message)  # a function name means nothing here
 
 

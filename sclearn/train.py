@@ -91,6 +91,7 @@ class Trainer:
         self.output_dir = Path(config.output_dir)
         self.accelerator = self._make_accelerator()
         self._run_dir: rundir.PreparedRunDir | None = None  # held by the main process only
+        self._bar: tqdm | None = None  # the running stage's progress bar
         self._prepare_run_dir()
         try:
             self._setup(model, splits)
@@ -398,6 +399,8 @@ class Trainer:
         try:
             return self._fit()
         finally:
+            if self._bar is not None:
+                self._bar.close()  # an error message then starts on a line of its own
             self.release_run_dir()
 
     def _fit(self) -> dict[str, Any]:
@@ -422,7 +425,7 @@ class Trainer:
         total = self._total_steps(stage)
         labeled = _CyclingLoader(self.loaders["labeled"], st["labeled_drawn"]) if stage == "joint" else None
         opt, sched = self.optimizers[stage], self.schedulers[stage]
-        bar = tqdm(total=total, initial=st["stage_step"], desc=stage, dynamic_ncols=True,
+        bar = self._bar = tqdm(total=total, initial=st["stage_step"], desc=stage, dynamic_ncols=True,
                    disable=not (cfg.progress and acc.is_local_main_process))
         stage_start, log = time.time(), _LogWindow()
         self._train_mode(stage)
