@@ -133,8 +133,9 @@ def read_run_config(path: str | Path) -> TrainConfig:
             "Restore the file from a copy, or start a new run (overwrite=True, or another output_dir)."
         ) from None
     if not _is_sclearn_config(values):
-        raise RunDirError(f"{path} is not an sclearn config (keys {sorted(values)[:6]}…); it was not written by "
-                          "sclearn. Choose another output_dir.")
+        keys = sorted(values)[:6] if isinstance(values, dict) else type(values).__name__
+        raise RunDirError(f"{path} is not an sclearn config (keys {keys}): it was not written by sclearn. Point at "
+                          "an sclearn run dir, or choose another output_dir.")
     return TrainConfig.from_dict(values)
 
 
@@ -322,6 +323,14 @@ def check_resume_matches(config: TrainConfig, checkpoint: Path | None, *, num_pr
             )
 
 
+def _bring_log_along(writer: Path | None, out: Path) -> None:
+    """Continuing another run in ``out``: its metrics log comes along (the Trainer cuts what follows the
+    checkpoint), so the new dir holds the whole history."""
+    log, here = (writer / "metrics.jsonl" if writer else None), out / "metrics.jsonl"
+    if log is not None and log.is_file() and writer.resolve() != out.resolve() and not here.exists():
+        shutil.copyfile(log, here)
+
+
 # -- all of it, for the Trainer ---------------------------------------------------------------------
 @dataclass
 class PreparedRunDir:
@@ -390,11 +399,8 @@ def prepare_run_dir(config: TrainConfig, *, num_processes: int = 1,
         resume_from = resolve_resume(config.resume, out)
         if config.resume:
             check_resume_matches(config, resume_from, num_processes=num_processes)
-        writer = run_dir_of(resume_from) if resume_from is not None else None
-        if writer is not None and writer.resolve() != out.resolve() and not (out / "metrics.jsonl").exists():
-            # Continuing another run here: its log up to the checkpoint comes along (the Trainer cuts the rest).
-            if (writer / "metrics.jsonl").is_file():
-                shutil.copyfile(writer / "metrics.jsonl", out / "metrics.jsonl")
+        if resume_from is not None:
+            _bring_log_along(run_dir_of(resume_from), out)
         config.save(out / "config.json")
     except BaseException:
         lock.release()

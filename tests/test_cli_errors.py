@@ -152,6 +152,10 @@ def test_probe_command_line_errors(tmp_path, capsys):
         assert capsys.readouterr().err == message
     with pytest.raises(FileNotFoundError):
         probe_main([str(tmp_path / "nope"), "--debug"])
+    with pytest.raises(SystemExit):
+        probe_main([str(tmp_path)])
+    assert capsys.readouterr().err == (f"error: no config.json in {tmp_path} or its run dir: is it an sclearn run or "
+                                       "checkpoint?\n")
     (tmp_path / "config.json").write_text(json.dumps({"not": "sclearn"}))
     with pytest.raises(SystemExit):
         probe_main([str(tmp_path)])

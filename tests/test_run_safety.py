@@ -160,6 +160,16 @@ def test_any_run_file_means_a_run_is_here(tmp_path, marker):
     assert (out / marker).exists() and not (out / "split_indices.json").exists()
 
 
+def test_files_a_new_run_would_overwrite_are_refused(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "training_curves.png").write_text("my own figure")
+    with pytest.raises(RunDirError, match=re.escape(f"{out} holds ['training_curves.png'], which a new run would "
+                                                    "overwrite; move them or choose another output_dir.")):
+        new_run(tmp_path, out)
+    assert (out / "training_curves.png").read_text() == "my own figure"
+
+
 def test_a_failed_set_up_leaves_no_run_behind(idx_dir, tmp_path):
     cfg = tiny_config(idx_dir, tmp_path, freeze=("stage.0",))
     with pytest.raises(ValueError, match="freeze names modules"):
@@ -230,6 +240,22 @@ def test_a_run_dir_as_resume_means_its_latest_checkpoint(finished_run, idx_dir, 
     assert_same_weights(weights(tmp_path / "cont"), weights(finished_run))
     log = (tmp_path / "cont" / "metrics.jsonl").read_text()
     assert log == (finished_run / "metrics.jsonl").read_text()  # the run's log came along with it
+
+
+def test_a_checkpoint_away_from_its_run_cannot_be_checked(finished_run, idx_dir, tmp_path):
+    loose = tmp_path / "loose" / "ckpt-000001-step-2"
+    shutil.copytree(list_checkpoints(finished_run / "checkpoints")[1], loose)
+    with pytest.raises(RunDirError, match=re.escape(f"cannot tell which settings wrote {loose}: no config.json beside "
+                                                    "it or in its run dir")):
+        Trainer(run_config(idx_dir, tmp_path / "new", resume=str(loose)))
+
+
+def test_resume_from_a_dir_without_checkpoints_says_where_it_looked(tmp_path):
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=re.escape(f"holds no checkpoint (looked in {empty / 'checkpoints'})")):
+        new_run(tmp_path, tmp_path / "new", resume=str(empty))
+    assert resolve_resume(True, empty) is None  # resume=True on its own dir: nothing yet, start fresh
 
 
 def truncate(path: Path) -> None:

@@ -49,6 +49,11 @@ def test_config_refuses_settings_that_mean_nothing(overrides, message):
     assert str(info.value).startswith(message)
 
 
+def test_model_kwargs_must_be_a_dict():
+    with pytest.raises(TypeError, match="TrainConfig.model_kwargs must be a dict, got 'img_size=32'"):
+        TrainConfig(model_kwargs="img_size=32")
+
+
 def test_valid_edge_values_are_accepted():
     TrainConfig(seed=0, split_seed=2**32 - 1, weight_decay=0.0, translate=0, warmup_steps=0, knn_k=1, image_size=1,
                 layer_weights=(0.0,), layers=("layer2",), num_patches=3, sc_weight=0.0, lr=1e-6)
