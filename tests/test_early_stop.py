@@ -1,6 +1,11 @@
 """SC-only forward passes (``return_logits=False``) stop after the deepest hooked layer, and change nothing else."""
 
+import json
+import os
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import timm
@@ -103,3 +108,16 @@ def test_a_stop_for_another_owner_passes_through():
     with pytest.raises(StopForward) as info:
         run_until_stopped(mine, stops, theirs)
     assert info.value.owner is theirs
+
+
+def test_benchmark_smoke_reports_both_ratios():
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "benchmarks/early_stop.py", "--smoke", "--cases", "resnet18_32"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (result,) = json.loads(proc.stdout)["results"]
+    assert result["layer"] == "layer3" and result["rounds"]["used"] == 2
+    for key in ("early_over_stem", "full_over_early"):
+        assert result[key]["n"] == 2 and result[key]["median"] > 0
+    assert set(result["ms_per_step"]) == {"early", "stem", "full"}
