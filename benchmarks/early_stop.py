@@ -13,7 +13,9 @@ interleaved round by round with the order rotated every round (``overhead.run_ro
   net (its logits unused), loss ``sc_loss`` alone.
 
 Headlines per case, as paired ratios per round: ``early / stem`` (the early stop's own cost; target <= 1.05)
-and ``full / early`` (the gain over the full forward). Mean ± std and median over rounds.
+and ``full / early`` (the gain over the full forward). Mean ± std and median over rounds. Beside them, the same
+two ratios of work: the matmul and convolution FLOPs of one step of each kind (forward and backward, counted by
+``torch.utils.flop_counter``), which machine load cannot change; batch norm and element-wise ops are not counted.
 
 On this shared machine use one torch thread and the process CPU clock (the defaults): other processes then
 barely change a step's CPU time. Rounds during which other processes used more than ``--max-foreign-cpu`` of
@@ -37,6 +39,7 @@ from typing import Any
 import timm
 import torch
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common`, `overhead` when run as a script
 
@@ -147,6 +150,13 @@ def build_steps(name: str, args: argparse.Namespace) -> tuple[dict[str, Step], d
     return steps, info
 
 
+def step_flops(step: Step) -> int:
+    """Matmul and convolution FLOPs of one step, forward and backward."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
 def measure_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
     steps, info = build_steps(name, args)
     load_before, meter = load_average(), CpuMeter.start()
@@ -160,8 +170,12 @@ def measure_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
             "early_over_stem": summarize(paired_ratios(times, "early", "stem"), 4),
             "full_over_early": summarize(paired_ratios(times, "full", "early"), 4),
         }
+    flops = {k: step_flops(steps[k]) for k in KINDS}
     return {
         "case": name, **info, "clock": args.clock, **by_clock[args.clock], "by_clock": by_clock,
+        "gflop_per_step": {k: round(v / 1e9, 3) for k, v in flops.items()},
+        "flops_early_over_stem": round(flops["early"] / flops["stem"], 4),
+        "flops_full_over_early": round(flops["full"] / flops["early"], 4),
         "rounds": {"run": rounds.run, "clean": rounds.clean, "used": len(rounds.times["cpu"]["early"]),
                    "clean_only": rounds.used_clean_only},
         "loss_last": {k: float(steps[k]()) for k in KINDS},
@@ -178,6 +192,7 @@ def markdown_block(report: dict[str, Any], args: argparse.Namespace) -> str:
             f"{r['model']} @ {r['layer']}, {r['img_size']}px, batch {r['batch_size']}",
             f"**{mean_pm_std(r['early_over_stem'])}** ({r['early_over_stem']['median']:.3f})",
             f"**{mean_pm_std(r['full_over_early'])}** ({r['full_over_early']['median']:.3f})",
+            f"{r['flops_early_over_stem']:.3f} / {r['flops_full_over_early']:.3f}",
             " / ".join(f"{ms[k]['median']:.1f}" for k in ("stem", "early", "full")),
             f"{r['rounds']['used']} ({r['rounds']['clean']} clean of {r['rounds']['run']})"
             + ("" if r["rounds"]["clean_only"] else " **disturbed**"),
@@ -186,6 +201,7 @@ def markdown_block(report: dict[str, Any], args: argparse.Namespace) -> str:
         ])
     table = markdown_table(
         ["case", "early / stem, mean ± std (median)", "full / early = gain, mean ± std (median)",
+         "FLOPs early / stem, full / early",
          "ms/step stem / early / full (median)", "rounds used", "foreign CPU", "1-min load before → after"],
         rows,
     )
@@ -200,7 +216,8 @@ def markdown_block(report: dict[str, Any], args: argparse.Namespace) -> str:
         f"pretrain step), `stem` = hand-written stem up to the SC layer + the same loss, `full` = the whole "
         f"forward (before the early stop). Paired ratios per round, order rotated each round, {args.warmup} "
         f"warm-up rounds; clock: {CLOCK_WORDS[args.clock]}; a round is clean when other processes used at most "
-        f"{args.max_foreign_cpu:.0%} of the CPU. Target: early / stem ≤ 1.05.",
+        f"{args.max_foreign_cpu:.0%} of the CPU. FLOPs: matmul + convolution FLOPs of one step, forward and backward "
+        f"(torch.utils.flop_counter; batch norm and element-wise ops not counted). Target: early / stem ≤ 1.05.",
         "",
         table,
     ])

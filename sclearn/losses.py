@@ -15,7 +15,7 @@ Axis legend: N = images in the batch, P = patches per image, D = patch-vector si
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from .sampling import PatchSize, Pool, check_pool, sample_patches
 
 Distance = Literal["l2", "sqeuclidean", "cosine"]
-DISTANCES: tuple[str, ...] = ("l2", "sqeuclidean", "cosine")
+DISTANCES: tuple[str, ...] = get_args(Distance)
 # Every image's patches are contrasted against the other images' patches, so a batch needs a second image.
 MIN_SC_BATCH = 2
 

@@ -10,7 +10,7 @@ Axis legend: B = batch, P = patches per image, C = channels, (H, W) = map size, 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from einops import rearrange, reduce
@@ -20,7 +20,7 @@ Side = int | float
 PatchSize = Side | tuple[Side, Side]
 MinOffset = int | Literal["disjoint"]
 Pool = Literal["flatten", "mean"]
-POOLS: tuple[str, ...] = ("flatten", "mean")
+POOLS: tuple[str, ...] = get_args(Pool)
 
 _MAX_REJECTION_ROUNDS = 1000
 

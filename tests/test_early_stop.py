@@ -121,3 +121,5 @@ def test_benchmark_smoke_reports_both_ratios():
     for key in ("early_over_stem", "full_over_early"):
         assert result[key]["n"] == 2 and result[key]["median"] > 0
     assert set(result["ms_per_step"]) == {"early", "stem", "full"}
+    # Work, not time: the early stop computes exactly the hand-written stem, and less than the full forward.
+    assert result["flops_early_over_stem"] == 1.0 and result["flops_full_over_early"] > 1.05
