@@ -73,6 +73,8 @@ from common import (
 
 import sclearn  # noqa: F401 - registers sc_cifar10 / sc_stl10 / sc_mnist with timm
 from sclearn import MultiLayerSC, SpatialContrastiveLoss, resolve_patch_size
+from sclearn.losses import DISTANCES
+from sclearn.sampling import POOLS
 
 KINDS: tuple[str, ...] = ("ce", "joint", "plain")
 CLOCKS: tuple[str, ...] = ("wall", "cpu")
@@ -135,9 +137,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "step's extra op calls at their mean time: SC's cost as work, free of timing noise; 0: off")
     p.add_argument("--patch-size", type=float, default=0.55,
                    help="SpatialContrastiveLoss patch_size (fraction of the map side)")
-    p.add_argument("--distance", choices=["l2", "sqeuclidean", "cosine"], default="l2",
+    p.add_argument("--distance", choices=DISTANCES, default="l2",
                    help="SpatialContrastiveLoss distance")
-    p.add_argument("--pool", choices=["flatten", "mean"], default="flatten", help="SpatialContrastiveLoss pool")
+    p.add_argument("--pool", choices=POOLS, default="flatten", help="SpatialContrastiveLoss pool")
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (momentum 0.9)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, batch and patch positions")
     p.add_argument("--max-rounds", type=int, default=None,

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .losses import DISTANCES, check_sc_batch
+from .sampling import POOLS
+
 Mode = Literal["supervised", "pretrain", "finetune", "two_stage", "joint"]
 MODES: tuple[str, ...] = ("supervised", "pretrain", "finetune", "two_stage", "joint")
 STAGES_OF_MODE: dict[str, tuple[str, ...]] = {
@@ -200,8 +203,8 @@ class TrainConfig:
         choices = {
             "mode": MODES,
             "schedule": ("plateau", "cosine", "constant"),
-            "distance": ("l2", "sqeuclidean", "cosine"),
-            "pool": ("flatten", "mean"),
+            "distance": DISTANCES,
+            "pool": POOLS,
             "mixed_precision": ("no", "bf16", "fp16"),
             "on_nonfinite": ("raise", "skip"),
             "channels": (1, 3),
@@ -229,8 +232,8 @@ class TrainConfig:
         for name in ("lr", "pretrain_lr", "temperature", "unlabeled_ratio"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
-        if self.uses_sc and self.sc_batch_size < 2:
-            raise ValueError(f"SC needs batches of at least 2 images, got {self.sc_batch_size}")
+        if self.uses_sc:
+            check_sc_batch(self.sc_batch_size, "Set TrainConfig.pretrain_batch_size (or batch_size) to 2 or more.")
         for name in ("layer_weights", "layer_patch_sizes"):
             values = getattr(self, name)
             if values is not None and self.layers and len(values) != len(self.layers):

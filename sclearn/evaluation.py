@@ -20,15 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .hooks import StopForward, run_until_stopped
+
 __all__ = ["evaluate_accuracy", "extract_features", "knn_probe", "linear_probe", "probe_representation"]
 
 # Cap on the elements of one (test chunk x train) similarity block: 2**24 floats = 64 MiB,
 # so a 10k x 60k probe is done in ~36 blocks of ~280 test rows instead of one 2.4 GB matrix.
 _KNN_BLOCK_ELEMS = 2**24
-
-
-class _StopForward(Exception):
-    """Raised by the feature hook: nothing after the probed layer needs computing."""
 
 
 def _unpack(batch: Any) -> tuple[Tensor, Tensor]:
@@ -70,13 +68,11 @@ def _layer_features(model: nn.Module, module: nn.Module, images: Tensor, pool: i
 
     def hook(mod: nn.Module, inputs: Any, output: Any) -> None:
         store.append(output[0] if isinstance(output, (tuple, list)) else output)
-        raise _StopForward
+        raise StopForward(store)  # nothing after the probed layer needs computing
 
     handle = module.register_forward_hook(hook)
     try:
-        model(images)
-    except _StopForward:
-        pass
+        run_until_stopped(store, model, images)
     finally:
         handle.remove()
     if not store:

@@ -15,19 +15,36 @@ Axis legend: N = images in the batch, P = patches per image, D = patch-vector si
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .sampling import PatchSize, sample_patches
+from .sampling import PatchSize, Pool, check_pool, sample_patches
 
 Distance = Literal["l2", "sqeuclidean", "cosine"]
-DISTANCES: tuple[str, ...] = ("l2", "sqeuclidean", "cosine")
+DISTANCES: tuple[str, ...] = get_args(Distance)
+# Every image's patches are contrasted against the other images' patches, so a batch needs a second image.
+MIN_SC_BATCH = 2
 
 # sqrt(x + eps) keeps d/dx finite at x = 0, and moves a distance of 1 by less than 1e-12.
 _SQRT_EPS = 1e-12
+
+
+def check_distance(distance: str) -> None:
+    """Raise ``ValueError`` unless ``distance`` is one of :data:`DISTANCES`."""
+    if distance not in DISTANCES:
+        raise ValueError(f"unknown distance {distance!r}; choose one of {DISTANCES}")
+
+
+def check_sc_batch(batch_size: int, fix: str) -> None:
+    """Raise ``ValueError`` for a batch too small to contrast; ``fix`` says what to change, in the caller's terms."""
+    if batch_size < MIN_SC_BATCH:
+        raise ValueError(
+            f"spatial contrasting needs at least {MIN_SC_BATCH} images per batch (the other images are the "
+            f"contrasting samples), got {batch_size}. {fix}"
+        )
 
 
 def pairwise_distance(a: Tensor, b: Tensor, distance: Distance = "l2") -> Tensor:
@@ -44,8 +61,7 @@ def pairwise_distance(a: Tensor, b: Tensor, distance: Distance = "l2") -> Tensor
     Returns:
         Shape (N, M), float32 or float64.
     """
-    if distance not in DISTANCES:
-        raise ValueError(f"unknown distance {distance!r}; choose one of {DISTANCES}")
+    check_distance(distance)
     # At least fp32: half-precision distances of large vectors overflow and lose the small differences
     # that decide the softmax. fp64 inputs stay fp64.
     dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
@@ -91,11 +107,7 @@ def spatial_contrastive_loss(
             f"and {tuple(positives.shape)}"
         )
     n = anchors.shape[0]
-    if n < 2:
-        raise ValueError(
-            f"spatial contrasting needs at least 2 images per batch (the other images are the "
-            f"contrasting samples), got {n}. Use a batch size >= 2 and drop_last=True in the DataLoader."
-        )
+    check_sc_batch(n, "Use a batch size >= 2 and drop_last=True in the DataLoader.")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     with torch.autocast(device_type=anchors.device.type, enabled=False):
@@ -185,7 +197,7 @@ class SpatialContrastiveLoss(nn.Module):
         distance: Distance = "l2",
         temperature: float = 1.0,
         symmetric: bool = True,
-        pool: Literal["flatten", "mean"] = "flatten",
+        pool: Pool = "flatten",
         num_patches: int = 2,
         min_offset: int | Literal["disjoint"] = 0,
         projector: PatchProjector | None = None,
@@ -193,12 +205,10 @@ class SpatialContrastiveLoss(nn.Module):
         gather_fn: GatherFn | None = None,
     ) -> None:
         super().__init__()
-        if distance not in DISTANCES:
-            raise ValueError(f"unknown distance {distance!r}; choose one of {DISTANCES}")
+        check_distance(distance)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        if pool not in ("flatten", "mean"):
-            raise ValueError(f"pool must be 'flatten' or 'mean', got {pool!r}")
+        check_pool(pool)
         if num_patches < 2:
             raise ValueError(f"num_patches must be >= 2 (a positive pair), got {num_patches}")
         self.patch_size = patch_size
@@ -250,8 +260,11 @@ def paper_loss(patch_size: PatchSize = 0.55) -> SpatialContrastiveLoss:
 
 __all__: Sequence[str] = (
     "DISTANCES",
+    "MIN_SC_BATCH",
     "PatchProjector",
     "SpatialContrastiveLoss",
+    "check_distance",
+    "check_sc_batch",
     "multi_patch_contrastive_loss",
     "pairwise_distance",
     "paper_loss",

@@ -15,11 +15,10 @@ A preset is a dict of :class:`~sclearn.config.TrainConfig` fields for the SC los
 ``tuned``  the best joint (CE + SC) setting of ``benchmarks/sc_ablation.py`` on Fashion-MNIST with the paper's
            MNIST net, chosen on a validation split: cosine distance at temperature 0.1 between mean-pooled
            patches of 0.43 of the map side (3 x 3 on a 7 x 7 map), lambda 0.1 ramped up over the first 20% of
-           the steps. On that task the paper's setting was the worst joint setting measured (59.1% val against
-           69.9% for this one and 71.5% for supervised-only; at init its SC term is ~5x the CE term and swamps
-           it). This setting is the least harmful SC term found, *not* a proven gain: at 10 and 40 labels per
-           class it stayed below supervised-only (benchmarks/RESULTS.md, "SC ablation"). Use it as the start of
-           a search on your own validation split.
+           the steps. On that task the paper's setting was the worst joint setting measured (at init its SC term
+           is several times the CE term and swamps it); this one is the least harmful SC term found, *not* a
+           proven gain over supervised-only. The numbers, kept up to date, are in ``benchmarks/RESULTS.md``
+           ("SC ablation"). Use it as the start of a search on your own validation split.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Axis legend: B = batch, P = patches per image, C = channels, (H, W) = map size, 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from einops import rearrange, reduce
@@ -19,8 +19,16 @@ from torch import Tensor
 Side = int | float
 PatchSize = Side | tuple[Side, Side]
 MinOffset = int | Literal["disjoint"]
+Pool = Literal["flatten", "mean"]
+POOLS: tuple[str, ...] = get_args(Pool)
 
 _MAX_REJECTION_ROUNDS = 1000
+
+
+def check_pool(pool: str) -> None:
+    """Raise ``ValueError`` unless ``pool`` is one of :data:`POOLS`."""
+    if pool not in POOLS:
+        raise ValueError(f"pool must be {' or '.join(map(repr, POOLS))}, got {pool!r}")
 
 
 def _resolve_side(side: Side, map_side: int, axis: str) -> int:
@@ -170,7 +178,7 @@ def sample_patches(
     patch_size: PatchSize,
     *,
     num_patches: int = 2,
-    pool: Literal["flatten", "mean"] = "flatten",
+    pool: Pool = "flatten",
     min_offset: MinOffset = 0,
     cell_fn: Callable[[Tensor], Tensor] | None = None,
     generator: torch.Generator | None = None,
@@ -191,6 +199,7 @@ def sample_patches(
     """
     if feature_map.ndim != 4:
         raise ValueError(f"expected a (B, C, H, W) feature map, got shape {tuple(feature_map.shape)}")
+    check_pool(pool)
     b, _, h, w = feature_map.shape
     patch_hw = resolve_patch_size(patch_size, h, w)
     tops, lefts = sample_patch_positions(
@@ -201,6 +210,4 @@ def sample_patches(
         cells = cell_fn(cells)  # (B, P, ph, pw, C')
     if pool == "mean":
         return reduce(cells, "b p h w c -> b p c", "mean")
-    if pool == "flatten":
-        return rearrange(cells, "b p h w c -> b p (h w c)")
-    raise ValueError(f"pool must be 'flatten' or 'mean', got {pool!r}")
+    return rearrange(cells, "b p h w c -> b p (h w c)")

@@ -35,10 +35,11 @@ from . import data as sc_data
 from . import rundir
 from .backbones import build_backbone, check_head, check_init_source, export_backbone, load_backbone_weights
 from .batching import resumable_loader
+from .builders import build_sc_model
 from .checkpoint import CheckpointManager, read_state
 from .config import FREEZE_STAGES, TrainConfig
 from .distributed import all_gather_with_grad
-from .losses import PatchProjector, SpatialContrastiveLoss
+from .losses import SpatialContrastiveLoss
 from .wrapper import MultiLayerSC, SCOutput
 
 SC_STAGES = ("pretrain", "joint")
@@ -287,35 +288,12 @@ class Trainer:
             for p in module.parameters():
                 p.requires_grad_(not freeze)
 
-    def _sc_layers(self, backbone: nn.Module) -> list[str]:
-        if self.config.layers:
-            return list(self.config.layers)
-        sc_layer = getattr(backbone, "sc_layer", None)
-        if sc_layer is None:
-            raise ValueError(f"layers is empty and {type(backbone).__name__} names no sc_layer; set layers=")
-        return [sc_layer]
-
     def _wrap(self, backbone: nn.Module) -> nn.Module:
-        cfg = self.config
-        if not cfg.uses_sc:
-            return backbone
-        layers = self._sc_layers(backbone)
-
-        sizes = cfg.layer_patch_sizes or (cfg.patch_size,) * len(layers)
-
-        def make_loss(patch_size) -> SpatialContrastiveLoss:
-            projector = PatchProjector(out_dim=cfg.projector_dim) if cfg.projector_dim else None
-            return SpatialContrastiveLoss(
-                patch_size, distance=cfg.distance, temperature=cfg.temperature, pool=cfg.pool,
-                num_patches=cfg.num_patches, min_offset=cfg.min_offset, projector=projector,
-            )
-
-        losses = {n: make_loss(size) for n, size in zip(layers, sizes)}
-        return MultiLayerSC(backbone, layers, weights=cfg.layer_weights, loss=losses)
+        return build_sc_model(self.config, backbone) if self.config.uses_sc else backbone
 
     def _sc_losses(self) -> list[SpatialContrastiveLoss]:
         wrapper = self._wrapper()
-        return list(wrapper.sc_heads.values()) if isinstance(wrapper, MultiLayerSC) else []
+        return list(wrapper.losses.values()) if isinstance(wrapper, MultiLayerSC) else []
 
     def _wrapper(self) -> nn.Module:
         model = self.accelerator.unwrap_model(self.model)

@@ -10,11 +10,14 @@ Design, after timm's ``FeatureHooks``:
   (``ReLU(inplace=True)``) cannot change what SC sees.
 - Hook state is keyed by device, so replicas (DataParallel) never mix their patches.
 - Hooks only act during ``MultiLayerSC.forward``; calling ``.backbone`` directly is the plain model.
+- SC-only calls (``return_logits=False``) stop the backbone once every hooked layer has run: the layers
+  after the deepest one (e.g. layer4 and the head) are never computed.
 """
 
 from __future__ import annotations
 
 import difflib
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -23,8 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .hooks import StopForward, run_until_stopped
 from .layouts import FeatureLayout, Layout
-from .losses import SpatialContrastiveLoss
+from .losses import SpatialContrastiveLoss, check_sc_batch
 from .sampling import resolve_patch_size
 
 
@@ -48,6 +52,7 @@ class _HookState:
 
     def __init__(self) -> None:
         self.capturing: set[torch.device] = set()
+        self.stop_when_done: set[torch.device] = set()  # SC-only calls: stop once every layer has run
         self.input_hw: dict[torch.device, tuple[int, int]] = {}
         self.patches: dict[torch.device, dict[str, Tensor]] = {}
         self.map_shapes: dict[str, tuple[int, ...]] | None = None  # (C, H, W) per layer, while check_for_training runs
@@ -65,6 +70,11 @@ def _degenerate_patch_error(name: str, map_hw: tuple[int, int], patch_hw: tuple[
         f"SC at layer {name!r} is degenerate: its {patch_hw[0]}x{patch_hw[1]} patch covers the whole {h}x{w} "
         f"feature map, so both patches of an image are identical and SC learns nothing from them; {fix}."
     )
+def _load_old_loss_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Checkpoints written before ``sc_heads`` became ``losses`` still load: rename their keys."""
+    old = prefix + "sc_heads."
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict[prefix + "losses." + key[len(old):]] = state_dict.pop(key)
 
 
 def _unknown_layer_error(name: str, names: Sequence[str]) -> ValueError:
@@ -124,7 +134,9 @@ class MultiLayerSC(nn.Module):
         self.backbone = backbone
         self.layers: tuple[str, ...] = tuple(layers)
         self.weights: dict[str, float] = self._resolve_weights(weights)
-        self.sc_heads = nn.ModuleDict({_sanitize(n): m for n, m in self._resolve_losses(loss).items()})
+        # The loss modules (patch sampling, optional projector), keyed by layer name with "." -> "__".
+        self.losses = nn.ModuleDict({_sanitize(n): m for n, m in self._resolve_losses(loss).items()})
+        self.register_load_state_dict_pre_hook(_load_old_loss_keys)
         layouts = dict(layouts or {})
         unknown = set(layouts) - set(layers)
         if unknown:
@@ -172,7 +184,14 @@ class MultiLayerSC(nn.Module):
 
     def loss_for(self, layer: str) -> SpatialContrastiveLoss:
         """The SC loss module attached to ``layer``."""
-        return self.sc_heads[_sanitize(layer)]
+        return self.losses[_sanitize(layer)]
+
+    @property
+    def sc_heads(self) -> nn.ModuleDict:
+        """Deprecated name of :attr:`losses` (it holds losses, not heads)."""
+        warnings.warn("MultiLayerSC.sc_heads is deprecated; use MultiLayerSC.losses", DeprecationWarning,
+                      stacklevel=2)
+        return self.losses
 
     # -- hooks ---------------------------------------------------------------------------------------
     def _hook(self, name: str, module: nn.Module, inputs: Any, output: Any) -> None:
@@ -197,6 +216,8 @@ class MultiLayerSC(nn.Module):
             if state.map_shapes is not None:
                 state.map_shapes[name] = tuple(fmap.shape[1:])
             patches[name] = self.loss_for(name).sample(fmap)  # (B, P, D)
+        if x.device in state.stop_when_done and len(patches) == len(self.layers):
+            raise StopForward(state)  # SC only: nothing after the deepest hooked layer is needed
 
     def remove_hooks(self) -> None:
         """Detach every hook. The backbone is left exactly as it was before wrapping."""
@@ -221,8 +242,11 @@ class MultiLayerSC(nn.Module):
         Args:
             x: The backbone's input, e.g. (B, C, H, W).
             compute_sc: Force SC on (True) or off (False). Default: ``self.training or self.sc_in_eval``.
-            return_logits: False gives ``logits=None``, for SC-only training under DDP: the head then has
-                no path to the output, so DDP (``find_unused_parameters=True``) treats it as unused.
+            return_logits: False gives ``logits=None``, for SC-only training: the backbone stops as soon as
+                every hooked layer has run, so the later layers (e.g. layer4 and the head) are not computed
+                and their batch-norm statistics stay as they were. SC losses and gradients are those of the
+                full forward. Under DDP (``find_unused_parameters=True``) the later layers count as unused;
+                ``torch.compile`` takes the early stop too.
             *args, **kwargs: Passed to the backbone.
         """
         if compute_sc is None:
@@ -238,20 +262,20 @@ class MultiLayerSC(nn.Module):
                 "MultiLayerSC does not support activation checkpointing: call "
                 "backbone.set_grad_checkpointing(False), or hook a layer outside the checkpointed blocks."
             )
-        if x.shape[0] < 2:  # fail before the backbone does, with the reason that matters here
-            raise ValueError(
-                f"spatial contrasting needs at least 2 images per batch (the other images are the "
-                f"contrasting samples), got {x.shape[0]}. Use drop_last=True in the DataLoader, or "
-                f"compute_sc=False for single-image inference."
-            )
+        # Fail before the backbone does, with the reason that matters here.
+        check_sc_batch(x.shape[0], "Use drop_last=True in the DataLoader, or compute_sc=False for "
+                                   "single-image inference.")
         state, dev = self._state, x.device
         state.capturing.add(dev)
+        if not return_logits:
+            state.stop_when_done.add(dev)
         state.input_hw[dev] = tuple(x.shape[-2:])
         state.patches[dev] = {}
         try:
-            logits = self.backbone(x, *args, **kwargs)
+            logits = run_until_stopped(state, self.backbone, x, *args, **kwargs)
         finally:
             state.capturing.discard(dev)
+            state.stop_when_done.discard(dev)
             patches = state.patches.pop(dev, {})
         not_run = [n for n in self.layers if n not in patches]
         if not_run:

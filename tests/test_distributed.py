@@ -27,25 +27,31 @@ def global_batch() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(8, 3, 5, 5, generator=g), torch.randint(0, 3, (8,), generator=g)
 
 
-def step_loss(model, x, y):
+def step_loss(model, x, y, sc_only: bool = False):
+    if sc_only:  # the SC-only forward stops after the hooked layer: the pool and the head never run
+        out = model(x, return_logits=False)
+        return out.sc_loss, out.sc_loss
     out = model(x)
     return nn.functional.cross_entropy(out.logits, y) + out.sc_loss, out.sc_loss
 
 
-def _worker(rank: int, world: int, port: int, result_path: str) -> None:
+def grads_of(model: nn.Module) -> dict[str, torch.Tensor | None]:
+    return {k: None if p.grad is None else p.grad.clone() for k, p in model.named_parameters()}
+
+
+def _worker(rank: int, world: int, port: int, result_path: str, sc_only: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     model = make_model()
     model.loss_for("2").gather_fn = all_gather_with_grad
-    ddp = DDP(model)
+    ddp = DDP(model, find_unused_parameters=sc_only)  # as the Trainer does: SC alone leaves the head unused
     x, y = global_batch()
     n = x.shape[0] // world
-    _, sc = step_loss(ddp, x[rank * n : (rank + 1) * n], y[rank * n : (rank + 1) * n])
-    loss, _ = step_loss(ddp, x[rank * n : (rank + 1) * n], y[rank * n : (rank + 1) * n])
+    _, sc = step_loss(ddp, x[rank * n : (rank + 1) * n], y[rank * n : (rank + 1) * n], sc_only)
+    loss, _ = step_loss(ddp, x[rank * n : (rank + 1) * n], y[rank * n : (rank + 1) * n], sc_only)
     loss.backward()
     if rank == 0:
-        grads = {k: p.grad.clone() for k, p in model.named_parameters()}
-        torch.save({"sc": sc.detach(), "grads": grads}, result_path)
+        torch.save({"sc": sc.detach(), "grads": grads_of(model)}, result_path)
     dist.barrier()
     dist.destroy_process_group()
 
@@ -57,18 +63,24 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_gathered_negatives_equal_single_process(tmp_path):
+@pytest.mark.parametrize("sc_only", [False, True], ids=["joint", "sc_only"])
+def test_gathered_negatives_equal_single_process(tmp_path, sc_only):
     result = tmp_path / "rank0.pt"
-    mp.spawn(_worker, args=(2, free_port(), str(result)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(result), sc_only), nprocs=2, join=True)
     got = torch.load(result)
 
     model = make_model()
     x, y = global_batch()
-    loss, sc = step_loss(model, x, y)
+    loss, sc = step_loss(model, x, y, sc_only)
     loss.backward()
     assert got["sc"].item() == pytest.approx(sc.item(), rel=1e-5)
-    for k, p in model.named_parameters():
-        torch.testing.assert_close(got["grads"][k], p.grad, rtol=1e-4, atol=1e-6, msg=k)
+    want = grads_of(model)
+    assert (want["backbone.5.weight"] is None) == sc_only  # SC alone sends the head no gradient
+    for k, g in want.items():
+        if g is None:
+            assert got["grads"][k] is None, k
+        else:
+            torch.testing.assert_close(got["grads"][k], g, rtol=1e-4, atol=1e-6, msg=k)
 
 
 def test_gather_is_identity_without_process_group():

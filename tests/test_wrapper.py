@@ -187,7 +187,26 @@ def test_projector_is_lazy_per_layer_and_trainable(images):
     assert model.training  # init_lazy restores the mode
     model(images).sc_loss.backward()
     assert model.loss_for("layer3").projector.mlp[2].weight.grad is not None
-    assert not any(k.startswith("sc_heads") for k in model.backbone.state_dict())
+    assert not any(k.startswith("losses") for k in model.backbone.state_dict())
+
+
+def test_sc_heads_is_a_deprecated_alias_and_old_checkpoints_load(images):
+    def make():
+        torch.manual_seed(0)
+        return MultiLayerSC(timm.create_model("resnet18", num_classes=10), layers=["layer3"],
+                            loss=SpatialContrastiveLoss(0.5, pool="mean", projector=PatchProjector(out_dim=8)))
+
+    model = make()
+    model.init_lazy(images)
+    with pytest.warns(DeprecationWarning, match="use MultiLayerSC.losses"):
+        assert model.sc_heads is model.losses
+    # A checkpoint written before the rename names the projector "sc_heads.layer3.projector...".
+    old = {k.replace("losses.", "sc_heads.", 1): v + 1 for k, v in model.state_dict().items()}
+    assert "sc_heads.layer3.projector.mlp.0.weight" in old
+    fresh = make()
+    fresh.init_lazy(images)
+    fresh.load_state_dict(old)  # strict: every key found under its new name
+    assert torch.equal(fresh.loss_for("layer3").projector.mlp[0].weight, old["sc_heads.layer3.projector.mlp.0.weight"])
 
 
 def test_errors(images):
@@ -235,6 +254,30 @@ def test_torch_compile_keeps_sc_losses(images):
     assert out.sc_loss.item() == pytest.approx(eager.sc_loss.item(), rel=1e-3)
     out.sc_loss.backward()
     assert model.backbone.conv1.weight.grad is not None
+
+
+@pytest.mark.slow
+def test_torch_compile_takes_the_sc_only_early_stop(images):
+    torch.manual_seed(0)
+    net = timm.create_model("resnet18", num_classes=10)
+    head_calls = []
+    net.layer4.register_forward_pre_hook(lambda m, i: head_calls.append(1))  # before compiling: compile keeps it
+    # A whole-map patch and cosine distance: no random positions, and a loss well away from 0.
+    model = MultiLayerSC(net, layers=["layer3"], loss=SpatialContrastiveLoss(patch_size=1.0, distance="cosine"))
+    eager = model(images, return_logits=False)
+    eager.sc_loss.backward()
+    want = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    compiled = torch.compile(model)
+    for _ in range(2):  # the second call runs the compiled code without re-tracing
+        out = compiled(images, return_logits=False)
+    assert out.logits is None and not head_calls  # layer4 never ran, eager or compiled
+    assert out.sc_loss.item() == pytest.approx(eager.sc_loss.item(), rel=1e-4) and out.sc_loss.item() > 0.1
+    out.sc_loss.backward()
+    got = {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
+    assert got.keys() == want.keys()
+    for k, g in want.items():
+        torch.testing.assert_close(got[k], g, rtol=1e-3, atol=1e-5, msg=k)
 
 
 def test_nhwc_with_height_equal_to_channels_uses_output_fmt():

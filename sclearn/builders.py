@@ -1,0 +1,64 @@
+"""From a :class:`~sclearn.config.TrainConfig` to the SC parts the Trainer trains, for scripts and benchmarks.
+
+    losses = build_sc_losses(cfg, ["layer3"])        # {"layer3": SpatialContrastiveLoss(...)}
+    model = build_sc_model(cfg, timm.create_model("resnet18", num_classes=10))
+
+The Trainer builds its wrapper with :func:`build_sc_model`, so a benchmark that uses these gets exactly the
+loss a training run with the same config gets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from .config import TrainConfig
+from .losses import PatchProjector, SpatialContrastiveLoss
+from .sampling import PatchSize
+from .wrapper import MultiLayerSC
+
+
+def sc_layers(config: TrainConfig, backbone: nn.Module) -> list[str]:
+    """The layers SC attaches to: ``config.layers``, else the Table-4 net's own ``sc_layer``."""
+    if config.layers:
+        return list(config.layers)
+    sc_layer = getattr(backbone, "sc_layer", None)
+    if sc_layer is None:
+        raise ValueError(f"layers is empty and {type(backbone).__name__} names no sc_layer; set layers=")
+    return [sc_layer]
+
+
+def build_sc_losses(config: TrainConfig, layers: Sequence[str]) -> dict[str, SpatialContrastiveLoss]:
+    """One :class:`SpatialContrastiveLoss` per layer, set up as ``config`` says.
+
+    Args:
+        config: Reads ``patch_size`` (or ``layer_patch_sizes``, one per layer), ``distance``,
+            ``temperature``, ``pool``, ``num_patches``, ``min_offset`` and ``projector_dim``.
+        layers: The hooked layers, in the order of ``config.layer_patch_sizes``.
+
+    Returns:
+        Layer name -> a fresh loss module (each with its own projector when ``projector_dim`` is set).
+    """
+    layers = list(layers)
+    sizes = config.layer_patch_sizes or (config.patch_size,) * len(layers)
+    if len(sizes) != len(layers):
+        raise ValueError(f"{len(sizes)} layer_patch_sizes for {len(layers)} layers {layers}")
+
+    def make_loss(patch_size: PatchSize) -> SpatialContrastiveLoss:
+        projector = PatchProjector(out_dim=config.projector_dim) if config.projector_dim else None
+        return SpatialContrastiveLoss(
+            patch_size, distance=config.distance, temperature=config.temperature, pool=config.pool,
+            num_patches=config.num_patches, min_offset=config.min_offset, projector=projector,
+        )
+
+    return {name: make_loss(size) for name, size in zip(layers, sizes)}
+
+
+def build_sc_model(config: TrainConfig, backbone: nn.Module) -> MultiLayerSC:
+    """``backbone`` wrapped with the SC losses of ``config`` at :func:`sc_layers`, weighted by ``layer_weights``."""
+    layers = sc_layers(config, backbone)
+    return MultiLayerSC(backbone, layers, weights=config.layer_weights, loss=build_sc_losses(config, layers))
+
+
+__all__ = ["build_sc_losses", "build_sc_model", "sc_layers"]
