@@ -20,6 +20,7 @@ import itertools
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -87,7 +88,7 @@ class LayerInfo:
 
 @dataclass
 class _Seen:
-    """One module's last call: the output's identity (pointer, shape, values) and its map."""
+    """One module's calls, and its last call's output: identity (pointer, shape, sum of values), layout and map."""
 
     calls: int = 0
     position: int = 0  # when its last call ended, among all hook calls
@@ -154,10 +155,12 @@ def inspect_layers(
     Raises:
         ValueError: For an unknown model name, or a model that cannot run at this input size.
     """
+    resolve_patch_size(patch_size, 10**9, 10**9)  # a malformed patch_size fails here, before any work
     image_size, channels = input_for(model, image_size, channels)
     label = model if isinstance(model, str) else type(model).__name__
     if isinstance(model, str):
         model = _build(model, image_size, channels, num_classes)
+    was_training = model.training
     model.eval()
     batch = 2  # two images, so a tensor with another leading size (windows, heads) is told apart
     x = torch.randn(batch, channels, image_size, image_size)
@@ -183,7 +186,7 @@ def inspect_layers(
             return  # neither a map nor a token grid: cannot carry SC
         s.map_shape = tuple(fmap.shape[1:])
 
-    handles = [m.register_forward_hook(lambda mod, i, o, n=n: hook(n, mod, i, o)) for n, m in modules.items()]
+    handles = [m.register_forward_hook(partial(hook, n)) for n, m in modules.items()]
     try:
         with counter:
             model(x)
@@ -196,6 +199,7 @@ def inspect_layers(
     finally:
         for h in handles:
             h.remove()
+        model.train(was_training)
     total = max(counter.get_total_flops(), 1)
     marks = _marks(model)
     usable = sorted((n for n in modules if seen[n].map_shape is not None), key=lambda n: seen[n].position)
@@ -214,11 +218,10 @@ def inspect_layers(
 
 
 def _patch_or_none(patch_size: PatchSize, height: int, width: int) -> tuple[int, int] | None:
+    """The patch in cells, or None where it is larger than the map (``patch_size`` itself was checked)."""
     try:
         return resolve_patch_size(patch_size, height, width)
-    except ValueError as e:
-        if "larger than the feature map" not in str(e):
-            raise  # a malformed patch_size, not a small map
+    except ValueError:
         return None
 
 
@@ -271,7 +274,7 @@ def format_layers(rows: Sequence[LayerInfo], show_all: bool = False) -> str:
             notes.append(f"same output as {r.same_as}")
         patch = f"{r.patch[0]}x{r.patch[1]}" if r.patch else "-"
         lines.append(f"{r.name:<{width}}  {r.layout:<6}  {f'{c} x {h} x {w}':>15}  {patch:>7}  "
-                     f"{r.calls:>5}  {100 * r.flops_share:>4.0f}%  {', '.join(notes)}")
+                     f"{r.calls:>5}  {100 * r.flops_share:>4.0f}%  {', '.join(notes)}".rstrip())
     hidden = len(rows) - len(shown)
     if hidden:
         lines.append(f"({hidden} more: modules inside blocks, and modules that repeat a listed output; --all lists "

@@ -123,3 +123,11 @@ def test_cli_errors_are_one_line(capsys):
     with pytest.raises(SystemExit):
         main(["torchvision:vit_b_16", "--image-size", "64"])
     assert "cannot run on 3 x 64 x 64 input" in capsys.readouterr().err
+
+
+def test_a_module_is_left_in_its_own_mode_and_bad_patch_sizes_fail_first():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)).train()
+    inspect_layers(model, 8, 1)
+    assert model.training
+    with pytest.raises(ValueError, match="fractional patch"):
+        inspect_layers(model, 8, 1, patch_size=1.5)
