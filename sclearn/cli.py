@@ -187,8 +187,8 @@ def _holds_file(directory: str, path: str) -> bool:
     """``path`` (a file, or a dir meaning its config.json) lies in ``directory``: a run's own config."""
     from pathlib import Path
 
-    path = Path(path)
-    return path.resolve() == Path(directory).resolve() or path.resolve().parent == Path(directory).resolve()
+    path = Path(path).resolve()
+    return Path(directory).resolve() in (path, path.parent)
 
 
 def run_recipe(defaults: dict[str, Any], description: str, argv: Sequence[str] | None = None) -> dict[str, Any]:
