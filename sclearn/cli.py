@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from .config import MODES, TrainConfig
+from .config import MODES, TrainConfig, read_config_file
 from .presets import SC_PRESETS, sc_preset
 
 
@@ -114,17 +114,27 @@ FLAGS: list[tuple[str, str, Any, str]] = [
 
 
 def with_preset(defaults: dict[str, Any], argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """The recipe's defaults with the SC preset of ``--preset`` in ``argv`` (else the recipe's own) laid over them.
+    """The recipe's defaults with the SC preset and the ``--config`` file of ``argv`` laid over them.
 
-    Order of precedence, lowest first: TrainConfig's defaults, the recipe's, the preset's, explicit flags.
+    Order of precedence, lowest first: TrainConfig's defaults, the recipe's, the recipe's own preset, the
+    ``--config`` file (a run's config.json or a YAML file), the preset of an explicit ``--preset``, explicit flags.
+    An explicit ``--preset`` replaces the recipe's preset (it is not laid over it).
+
+    Raises:
+        ValueError: For a config file that cannot be read or holds unknown fields.
     """
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--preset", default=defaults.get("preset"), choices=sorted(SC_PRESETS))
-    name = pre.parse_known_args(argv)[0].preset
+    pre.add_argument("--preset", default=None, choices=sorted(SC_PRESETS))
+    pre.add_argument("--config", default=None)
+    given = pre.parse_known_args(argv)[0]
     merged = dict(defaults)
-    if name is not None:
-        merged.update(sc_preset(name))
-    merged["preset"] = name
+    if given.preset is None and defaults.get("preset") is not None:
+        merged.update(sc_preset(defaults["preset"]))
+    if given.config is not None:
+        merged.update(read_config_file(given.config))
+    if given.preset is not None:
+        merged.update(sc_preset(given.preset))
+    merged["preset"] = given.preset or defaults.get("preset")
     return merged
 
 
@@ -195,6 +205,7 @@ def build_parser(defaults: dict[str, Any], description: str) -> FlagParser:
     fields = {k: v for k, v in defaults.items() if k not in ("mode", "preset")}
     base = TrainConfig(**fields, mode="supervised").to_dict()
     base["mode"] = defaults.get("mode", "supervised")
+    parser.set_defaults(**base)  # fields without a flag (momentum, model_kwargs...) keep a --config file's values
     parser.add_argument("--preset", default=defaults.get("preset"), choices=sorted(SC_PRESETS),
                         help="SC settings by name, over the recipe's defaults (explicit flags still win): paper = "
                              "the paper's L2/flatten/lambda 1; tuned = the ablation's joint choice (cosine T 0.1, "
@@ -205,9 +216,9 @@ def build_parser(defaults: dict[str, Any], description: str) -> FlagParser:
                         help="layer names (from named_modules()) to attach SC to")
     parser.add_argument("--freeze", nargs="*", default=list(base["freeze"]),
                         help="backbone modules held fixed while fine-tuning / supervised (e.g. stages.0 stages.1)")
-    parser.add_argument("--layer-patch-sizes", nargs="+", type=_patch_size, default=None,
+    parser.add_argument("--layer-patch-sizes", nargs="+", type=_patch_size, default=base["layer_patch_sizes"],
                         help="one SC patch size per --layers entry (overrides --patch-size)")
-    parser.add_argument("--layer-weights", nargs="+", type=float, default=None,
+    parser.add_argument("--layer-weights", nargs="+", type=float, default=base["layer_weights"],
                         help="one SC weight per --layers entry (default 1 each)")
     parser.add_argument("--no-hflip", dest="hflip", action="store_false", default=base["hflip"],
                         help="switch off random horizontal flips (digits)")
@@ -227,10 +238,13 @@ def build_parser(defaults: dict[str, Any], description: str) -> FlagParser:
                         help="drop the ragged last labelled batch of an epoch (auto: only in joint mode)")
     parser.add_argument("--no-eval-test", dest="eval_test", action="store_false", default=base["eval_test"],
                         help="do not score the test split during training (choose settings on --val-per-class)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", default=True,
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=base["progress"],
                         help="no progress bars")
-    parser.add_argument("--report-to", dest="report_to", default="auto",
+    parser.add_argument("--report-to", dest="report_to", default=base["report_to"],
                         help="accelerate tracker: auto (tensorboard when installed) | none | wandb ...")
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="rerun or extend a run: start from its config.json (or a YAML file of TrainConfig "
+                             "fields); flags given here override it. Use a new --output-dir (or --resume)")
     return parser
 
 
@@ -238,6 +252,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = vars(args).copy()
     values.pop("debug", None)
     values.pop("preset", None)  # already applied to the defaults
+    values.pop("config", None)  # likewise
     if values.get("protocol") in ("none", ""):
         values["protocol"] = None
     values["layers"] = tuple(values["layers"])
@@ -248,17 +263,33 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def _holds_file(directory: str, path: str) -> bool:
+    """``path`` (a file, or a dir meaning its config.json) lies in ``directory``: a run's own config."""
+    from pathlib import Path
+
+    path = Path(path).resolve()
+    return Path(directory).resolve() in (path, path.parent)
+
+
 def run_recipe(defaults: dict[str, Any], description: str, argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Parse flags over ``defaults``, train, print the summary as JSON and return it.
+    """Parse flags over ``defaults`` (and ``--config``), train, print the summary as JSON and return it.
 
     A user error ends the process with ``error: <message>`` and status 2 (see :func:`cli_errors`).
     """
-    parser = build_parser(with_preset(defaults, argv), description)
+    try:
+        merged = with_preset(defaults, argv)
+    except ValueError as e:
+        build_parser(defaults, description).error(str(e))
+    parser = build_parser(merged, description)
     args = parser.parse_args(argv)
     with cli_errors(parser.flags, debug=args.debug):
         from .train import Trainer
 
         config = config_from_args(args)
+        if args.config and not config.resume and _holds_file(config.output_dir, args.config):
+            parser.error(f"--config {args.config} is the config of the run in {config.output_dir}, and "
+                         f"--output-dir is that run: give a new --output-dir to rerun it there, or --resume to "
+                         f"continue it")
         trainer = Trainer(config)
         summary = trainer.fit()
     if trainer.accelerator.is_main_process:

@@ -326,11 +326,19 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {sorted(unknown)}")
+        check_fields(d)
         return cls(**d)
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """A config from a JSON or YAML file (a run's ``config.json``, or one written by hand), then ``overrides``.
+
+        ``resume`` is False unless overridden: the file records how its run was started, and a rerun starts
+        afresh. Give a new ``output_dir`` to rerun a finished run (its own dir refuses a second run)::
+
+            TrainConfig.load("runs/x/config.json", output_dir="runs/x_rerun", epochs=20)
+        """
+        return cls.from_dict({**read_config_file(path), "resume": False, **overrides})
 
     def save(self, path: str | Path) -> None:
         """Write as JSON atomically (temp file + rename), so a kill never leaves half a config."""
@@ -354,3 +362,46 @@ class TrainConfig:
         return {
             k: (mine[k], theirs.get(k)) for k in mine if k not in RESUMABLE_FIELDS and mine[k] != theirs.get(k)
         }
+
+
+def check_fields(values: dict[str, Any], source: str = "TrainConfig") -> None:
+    """Raise a ValueError naming every key that is not a TrainConfig field, with the close field names."""
+    import difflib
+
+    known = [f.name for f in dataclasses.fields(TrainConfig)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        close = {k: difflib.get_close_matches(k, known, n=2, cutoff=0.6) for k in unknown}
+        hints = "; ".join(f"{k!r}: did you mean {' or '.join(map(repr, c))}?" for k, c in close.items() if c)
+        raise ValueError(f"{source} has unknown fields {unknown}{' (' + hints + ')' if hints else ''}. "
+                         f"Fields are those of sclearn.TrainConfig.")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The fields in a JSON (``.json``) or YAML (``.yaml`` / ``.yml``) file, checked against TrainConfig's.
+
+    A directory means its ``config.json`` (a run dir).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist; give a run's config.json or a .yaml file")
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        parse, errors = yaml.safe_load, (yaml.YAMLError,)
+    else:
+        parse, errors = json.loads, (json.JSONDecodeError,)
+    try:
+        values = parse(text)
+    except errors as e:
+        mark = getattr(e, "problem_mark", None)  # YAML's errors span lines; keep the problem and where it is
+        detail = f"{e.problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(e)
+        raise ValueError(f"cannot read config file {str(path)!r}: {detail}") from e
+    if not isinstance(values, dict):  # bad input like an unreadable file, so a ValueError too
+        kind = type(values).__name__
+        raise ValueError(f"config file {str(path)!r} must hold a mapping of TrainConfig fields, got {kind}")  # noqa: TRY004
+    check_fields(values, f"config file {str(path)!r}")
+    return values

@@ -80,12 +80,22 @@ class FeatureLayout:
         """Args: x, the layer output; input_hw, the image size fed to the backbone (for token grids)."""
         if callable(self.layout):
             return self.layout(x)
-        layout = self.layout if self.layout != "auto" else self._infer(x)
+        layout = self.layout_of(x)
         if layout == "nchw":
             return x
         if layout == "nhwc":
             return x.permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
         return self._tokens_to_map(x, input_hw)
+
+    def layout_of(self, x: Tensor) -> str:
+        """``"nchw"``, ``"nhwc"`` or ``"tokens"``: the stated layout, or the one inferred from ``x``.
+
+        Raises:
+            ValueError: When ``x`` is not a map or tokens, or its layout cannot be told (says how to state it).
+        """
+        if callable(self.layout):
+            raise TypeError(f"layer {self.name!r} has a callable layout, which has no name")
+        return self.layout if self.layout != "auto" else self._infer(x)
 
     def _infer(self, x: Tensor) -> str:
         if x.ndim == 3:
