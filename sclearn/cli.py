@@ -99,6 +99,12 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--max-steps", "max_steps", _optional_int, "cap on optimizer steps per stage, for smoke runs"),
     ("--pretrain-max-steps", "pretrain_max_steps", _optional_int,
      "cap on SC pre-training steps alone (default: --max-steps caps it too)"),
+    ("--pretrain-patience", "pretrain_patience", _optional_int,
+     "train SC until convergence: stop after this many epochs without the epoch SC loss improving by "
+     "--pretrain-min-delta (relative); --pretrain-epochs is the cap ('none': run every epoch)"),
+    ("--pretrain-min-epochs", "pretrain_min_epochs", int, "convergence stop: SC epochs always run"),
+    ("--pretrain-min-delta", "pretrain_min_delta", float,
+     "convergence stop: relative improvement of the epoch SC loss that counts (1e-3 = 0.1%%)"),
     ("--num-workers", "num_workers", int, "DataLoader worker processes"),
     ("--output-dir", "output_dir", str, "run directory: checkpoints, metrics, exported backbone, figures"),
     ("--init-from", "init_from", str, "finetune: a run dir, checkpoint dir or backbone .safetensors"),
@@ -231,6 +237,8 @@ def build_parser(defaults: dict[str, Any], description: str) -> FlagParser:
         ("--gather-negatives", "gather_negatives", "contrast against the patches of every process (DDP)"),
         ("--compile", "compile", "torch.compile the model (hooks are registered first)"),
         ("--channels-last", "channels_last", "channels_last memory format"),
+        ("--probe-linear", "probe_linear", "also log the linear probe after each SC pre-training epoch (on val "
+                                           "when --val-per-class > 0, else on test)"),
     ]:
         parser.add_argument(flag, dest=name, action="store_true", default=base[name], help=help_text)
     parser.add_argument("--labeled-drop-last", dest="labeled_drop_last", default=base["labeled_drop_last"],

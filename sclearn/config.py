@@ -99,6 +99,19 @@ class TrainConfig:
         max_steps: Cap on optimizer steps per stage (smoke runs, fixed step budgets).
         pretrain_max_steps: Cap on the SC pre-training stage alone (two_stage: "N SC steps, then M fine-tune
             steps" with ``max_steps=M``). None: ``max_steps`` caps it too.
+        pretrain_patience: Train SC "until convergence" (paper): end the pretrain stage once the epoch SC loss
+            has gone this many epochs without improving by ``pretrain_min_delta`` (relative: the loss must fall
+            below ``best - pretrain_min_delta * |best|``), never before ``pretrain_min_epochs`` epochs and never
+            after ``pretrain_epochs`` (the cap) or ``pretrain_max_steps``. None (default): run all
+            ``pretrain_epochs``. metrics.jsonl gets a ``stage_stopped`` event and summary.json's
+            ``stages.pretrain`` the ``stop_reason`` (``converged`` | ``epoch_cap`` | ``step_cap``),
+            ``stopped_early``, ``epochs`` and ``best_epoch_loss`` / ``best_epoch``. With ``schedule="plateau"``
+            both watch the same epoch loss: the scheduler divides the lr by 10 after ``plateau_patience + 1``
+            epochs without a (1e-4 relative) improvement, and an improvement at the lower lr resets the stop's
+            count. Set ``pretrain_patience > plateau_patience + 1`` so that the stage stops only when the loss
+            has stopped improving after an lr drop as well, which is the paper's "lr / 10 when the loss stops
+            decreasing, until convergence". With ``schedule="cosine"`` the decay is planned over the cap, so an
+            early stop cuts it short.
         labeled_drop_last: Drop the ragged last labelled batch of an epoch. None: only in joint mode (whose
             steps pair every labelled batch with a full unlabelled one). Set True to give supervised-only runs
             the same full labelled batches as joint runs in a matched comparison. Ignored when a process's
@@ -108,6 +121,11 @@ class TrainConfig:
         eval_every: Evaluate every N epochs (and after the last). eval_test: also score the test split
             during training; switch it off while choosing settings on the validation split.
         knn_k: k of the kNN probe run after each SC pre-training epoch.
+        probe_linear: Also fit the linear probe (:func:`sclearn.evaluation.linear_probe`) after each SC
+            pre-training epoch, on the kNN probe's features (the SC layer's map, 2x2 average-pooled): fitted on
+            the labelled split, scored on val (``linear_val_top1``) when ``val_per_class`` > 0, else on test
+            (``linear_top1``, only with ``eval_test``). The test curve is for reading only: nothing is chosen
+            on it.
 
     Run:
         checkpoint_every: Save a checkpoint every N optimizer steps of a stage (after that epoch's evaluation
@@ -170,10 +188,14 @@ class TrainConfig:
     compile: bool = False
     max_steps: int | None = None
     pretrain_max_steps: int | None = None
+    pretrain_patience: int | None = None
+    pretrain_min_epochs: int = 1
+    pretrain_min_delta: float = 1e-3
     labeled_drop_last: bool | None = None
     on_nonfinite: str = "raise"
     # evaluation
     knn_k: int = 20
+    probe_linear: bool = False
     eval_every: int = 1
     eval_test: bool = True
     # run
@@ -221,6 +243,7 @@ class TrainConfig:
         for name in ("max_steps", "pretrain_max_steps", "checkpoint_every"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1 or None, got {getattr(self, name)}")
+        self._validate_convergence_stop()
         ramp = self.sc_rampup_steps
         steps_ok = isinstance(ramp, int) and not isinstance(ramp, bool) and ramp >= 0
         fraction_ok = isinstance(ramp, float) and 0.0 < ramp <= 1.0  # NaN fails both comparisons
@@ -285,6 +308,25 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.min_offset must be an int >= 0 or 'disjoint', got {self.min_offset!r}")
         if not isinstance(self.model_kwargs, dict):
             raise TypeError(f"TrainConfig.model_kwargs must be a dict, got {self.model_kwargs!r}")
+
+    def _validate_convergence_stop(self) -> None:
+        patience, min_epochs, delta = self.pretrain_patience, self.pretrain_min_epochs, self.pretrain_min_delta
+        if patience is None:
+            if min_epochs != 1:
+                raise ValueError(f"TrainConfig.pretrain_min_epochs={min_epochs} applies only to the convergence "
+                                 "stop: set pretrain_patience too (or leave pretrain_min_epochs at 1)")
+            return
+        if "pretrain" not in self.stages:
+            raise ValueError(f"TrainConfig.pretrain_patience stops the SC pre-training stage, and mode={self.mode!r} "
+                             "has none; use mode='pretrain' or 'two_stage' (or pretrain_patience=None)")
+        if patience < 1:
+            raise ValueError(f"TrainConfig.pretrain_patience must be >= 1 or None, got {patience}")
+        if not 1 <= min_epochs <= self.pretrain_epochs:
+            raise ValueError(f"TrainConfig.pretrain_min_epochs={min_epochs} must be in [1, pretrain_epochs="
+                             f"{self.pretrain_epochs}] (pretrain_epochs is the cap of the convergence stop)")
+        if not 0.0 <= delta < 1.0:  # NaN fails too
+            raise ValueError(f"TrainConfig.pretrain_min_delta={delta} is a relative improvement: give a value "
+                             "in [0, 1), e.g. 1e-3 for 0.1%")
 
     # -- derived -------------------------------------------------------------------------------------
     @property

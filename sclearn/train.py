@@ -40,6 +40,7 @@ from .checkpoint import CheckpointManager, read_state
 from .config import FREEZE_STAGES, TrainConfig
 from .distributed import all_gather_with_grad
 from .losses import SpatialContrastiveLoss
+from .stopping import ConvergenceStop
 from .wrapper import MultiLayerSC, SCOutput
 
 SC_STAGES = ("pretrain", "joint")
@@ -409,7 +410,7 @@ class Trainer:
         self._train_mode(stage)
         n_batches = len(driver)
         for epoch in range(st["epoch"], cfg.epochs_for(stage)):
-            if st["stage_step"] >= total:
+            if st["stage_step"] >= total or "stop_reason" in st["stage_results"].get(stage, {}):
                 break
             skip = st["batch_in_epoch"]
             driver.batch_sampler.set_position(epoch, skip)
@@ -572,22 +573,44 @@ class Trainer:
             sched.step(epoch_loss)  # the paper: lr / 10 when the loss stops decreasing
         record: dict[str, Any] = {"step": st["global_step"], "stage": stage, "epoch": epoch, "event": "epoch_end",
                                   "epoch_loss": epoch_loss}
-        last = epoch + 1 == cfg.epochs_for(stage) or st["stage_step"] >= self._total_steps(stage)
+        results = st["stage_results"].setdefault(stage, {})
+        stop = self._stop_reason(stage, epoch, epoch_loss if st["epoch_loss_count"] else None, results)
+        capped = epoch + 1 == cfg.epochs_for(stage) or st["stage_step"] >= self._total_steps(stage)
+        last = capped or stop is not None
         if (epoch + 1) % cfg.eval_every == 0 or last:
             record.update(self.evaluate(stage))
-        results = st["stage_results"].setdefault(stage, {})
         results.update({k: v for k, v in record.items() if k.endswith(("acc", "top1"))})
         results.update(epochs=epoch + 1, steps=st["stage_step"])
         if "val_acc" in record:
             results["best_val_acc"] = max(results.get("best_val_acc", 0.0), record["val_acc"])
         self._write_metrics(record)
+        if stop is not None:  # why the stage ends: in summary.json (stage results) and as an event
+            results.update(stop_reason=stop, stopped_early=not capped)
+            keys = ("epochs", "steps", "best_epoch", "best_epoch_loss")
+            self._write_metrics({"step": st["global_step"], "stage": stage, "epoch": epoch, "event": "stage_stopped",
+                                 "reason": stop, **{k: results[k] for k in keys if k in results}})
         st.update(epoch=epoch + 1, batch_in_epoch=0, epoch_loss_sum=0.0, epoch_loss_count=0)
         # A step checkpoint that falls on an epoch end is taken here, after the epoch's evaluation; the
         # stage's last state is saved by fit(). No checkpoint per epoch: with tiny labelled sets an epoch is
         # a step or two.
-        stage_over = st["stage_step"] >= self._total_steps(stage) or epoch + 1 == cfg.epochs_for(stage)
-        if cfg.checkpoint_every and st["stage_step"] % cfg.checkpoint_every == 0 and not stage_over:
+        if cfg.checkpoint_every and st["stage_step"] % cfg.checkpoint_every == 0 and not last:
             self.checkpoints.save(st)
+
+    def _stop_reason(self, stage: str, epoch: int, epoch_loss: float | None, results: dict[str, Any]) -> str | None:
+        """Why the pretrain stage ends after ``epoch`` when ``pretrain_patience`` is set, else None.
+
+        ``converged`` (the :class:`ConvergenceStop` fired; its state lives in ``results``, saved with every
+        checkpoint), ``epoch_cap`` (``pretrain_epochs``) or ``step_cap`` (``pretrain_max_steps`` / ``max_steps``).
+        """
+        cfg = self.config
+        if stage != "pretrain" or cfg.pretrain_patience is None:
+            return None
+        rule = ConvergenceStop(cfg.pretrain_patience, cfg.pretrain_min_epochs, cfg.pretrain_min_delta)
+        if rule.update(results, epoch + 1, epoch_loss):
+            return "converged"
+        if epoch + 1 == cfg.epochs_for(stage):
+            return "epoch_cap"
+        return "step_cap" if self.state["stage_step"] >= self._total_steps(stage) else None
 
     @torch.no_grad()
     def accuracy(self, loader) -> float:
@@ -615,8 +638,12 @@ class Trainer:
 
     @torch.no_grad()
     def probe(self) -> dict[str, float]:
-        """kNN top-1 (labelled set -> test / val) on frozen features of the first SC layer."""
-        from .evaluation import extract_features, knn_probe
+        """kNN top-1 (labelled set -> test / val) on frozen features of the first SC layer.
+
+        With ``probe_linear`` also the linear probe on the same features: on val when there is one, else on
+        test (a curve to read; no choice is made on it).
+        """
+        from .evaluation import extract_features, knn_probe, linear_probe
 
         acc = self.accelerator
         out: dict[str, float] = {}
@@ -631,11 +658,14 @@ class Trainer:
                 return extract_features(backbone, loader, layer=layer, device=acc.device, to_map=to_map)
 
             bank, bank_y = features(self.probe_loaders["bank"])
+            linear_on = "val" if "val" in self.probe_loaders else "test"
             for name in ("test", "val") if self.config.eval_test else ("val",):
                 if name in self.probe_loaders:
                     f, y = features(self.probe_loaders[name])
                     key = "knn_top1" if name == "test" else "knn_val_top1"
                     out[key] = knn_probe(bank, bank_y, f, y, k=self.config.knn_k, num_classes=self.num_classes)
+                    if self.config.probe_linear and name == linear_on:
+                        out[key.replace("knn", "linear")] = linear_probe(bank, bank_y, f, y)
             backbone.train(was_training)
         acc.wait_for_everyone()
         return out
