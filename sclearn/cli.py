@@ -36,6 +36,10 @@ def _optional_int(text: str) -> int | None:
     return None if text.lower() in ("none", "all") else int(text)
 
 
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
+
+
 def _auto_bool(value: str) -> bool | None:
     words = {"auto": None, "true": True, "false": False}
     if value.lower() not in words:
@@ -80,7 +84,11 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--max-steps", "max_steps", _optional_int, "cap on optimizer steps per stage, for smoke runs"),
     ("--pretrain-max-steps", "pretrain_max_steps", _optional_int,
      "cap on SC pre-training steps alone (default: --max-steps caps it too)"),
-    ("--num-workers", "num_workers", int, "DataLoader worker processes"),
+    ("--num-workers", "num_workers", int, "DataLoader worker processes (streaming path only)"),
+    ("--data-path", "data_path", str,
+     "memory: decode once into a cached uint8 tensor | stream: decode every step | auto: memory if it fits"),
+    ("--memory-budget-gb", "memory_budget_gb", _optional_float,
+     "GiB the memory path may take ('none': a quarter of this machine's RAM)"),
     ("--output-dir", "output_dir", str, "run directory: checkpoints, metrics, exported backbone, figures"),
     ("--init-from", "init_from", str, "finetune: a run dir, checkpoint dir or backbone .safetensors"),
     ("--checkpoint-every", "checkpoint_every", _optional_int,

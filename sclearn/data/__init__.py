@@ -27,33 +27,59 @@ as JSON so a run can be reproduced exactly.
 Loaders yield ``(images, labels)`` with images ``(B, C, H, W)`` float32 and labels ``(B,)`` int64,
 -1 where a sample has no label.
 
+The Trainer's input pipeline (``build_loaders``, usable on its own) decodes each split once into a cached
+uint8 tensor when it fits a memory budget (``memory``), else every image at every step (``stream``), and
+augments whole batches on the device (``BatchAugment``).
+
 Modules, one job each: ``sources`` (hub, parquet, image folders, column normalising), ``idx``, ``splits``,
-``transforms``, ``decode`` and ``loaders``.
+``transforms`` (per image), ``augment`` (per batch, on the device), ``decode``, ``loaders``, ``memory`` (the
+decoded cache) and ``pipeline`` (``build_loaders``).
 """
 
+from .augment import BatchAugment, translate_flip
 from .errors import DataError
 from .idx import DIGIT_CLASSES, FASHION_MNIST_CLASSES, read_idx
 from .loaders import Batch, cycle, make_loader, with_image_transform
+from .memory import ImageStack, MemoryRows, decode_split
+from .pipeline import DATA_PATHS, DeviceLoader, Loaders, build_loaders, default_memory_budget
 from .sources import UNLABELED_SPLITS, load_image_dataset
 from .splits import SemiSupervisedSplits, semi_supervised_splits
-from .transforms import ConvertMode, RandomTranslate, build_transform, dataset_stats, normalization_stats
+from .transforms import (
+    ConvertMode,
+    RandomTranslate,
+    build_transform,
+    dataset_stats,
+    decode_transform,
+    normalization_stats,
+)
 
 __all__ = [
+    "DATA_PATHS",
     "DIGIT_CLASSES",
     "FASHION_MNIST_CLASSES",
     "UNLABELED_SPLITS",
     "Batch",
+    "BatchAugment",
     "ConvertMode",
     "DataError",
+    "DeviceLoader",
+    "ImageStack",
+    "Loaders",
+    "MemoryRows",
     "RandomTranslate",
     "SemiSupervisedSplits",
+    "build_loaders",
     "build_transform",
     "cycle",
     "dataset_stats",
+    "decode_split",
+    "decode_transform",
+    "default_memory_budget",
     "load_image_dataset",
     "make_loader",
     "normalization_stats",
     "read_idx",
     "semi_supervised_splits",
+    "translate_flip",
     "with_image_transform",
 ]

@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,10 @@ class SemiSupervisedSplits:
         class_names: their names.
         indices: the JSON-able record: ``labeled``, ``val``, ``unlabeled_from_train`` (row indices into
             the train split), ``unlabeled_split``, ``seed``, ``labels_per_class``, ``num_labels``, ...
+        origins: where each part's rows come from: ``{"labeled" | "unlabeled" | "val" | "test": [(split,
+            rows), ...]}``, concatenated in order, with ``split`` a split of the loaded ``DatasetDict`` and
+            ``rows`` its row indices (None: all rows). The memory path decodes each split once from it. Empty
+            for hand-made splits (each part is then decoded on its own).
     """
 
     labeled: Dataset
@@ -53,6 +57,7 @@ class SemiSupervisedSplits:
     num_classes: int
     class_names: list[str]
     indices: dict
+    origins: dict[str, list[tuple[Dataset, list[int] | None]]] = field(default_factory=dict)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``indices`` as JSON; ``semi_supervised_splits(..., indices_file=path)`` reloads it."""
@@ -171,12 +176,18 @@ def _resolve_unlabeled_split(dsd: DatasetDict, unlabeled_split: str | None, requ
     return unlabeled_split
 
 
-def _unlabeled_pool(dsd: DatasetDict, unlabeled_split: str | None, train: Dataset, from_train: list[int]
-                    ) -> Dataset:
-    """``unlabeled_split`` + the chosen train rows, image column only (SC must never see a label)."""
-    parts = [dsd[unlabeled_split].select_columns(["image"])] if unlabeled_split else []
-    if len(from_train) or not parts:
-        parts.append(train.select(from_train).select_columns(["image"]))
+def _unlabeled_origins(dsd: DatasetDict, unlabeled_split: str | None, train: Dataset, from_train: list[int]
+                       ) -> list[tuple[Dataset, list[int] | None]]:
+    """The unlabelled pool's sources: all of ``unlabeled_split``, then the chosen train rows."""
+    origins: list[tuple[Dataset, list[int] | None]] = [(dsd[unlabeled_split], None)] if unlabeled_split else []
+    if len(from_train) or not origins:
+        origins.append((train, list(from_train)))
+    return origins
+
+
+def _unlabeled_pool(origins: list[tuple[Dataset, list[int] | None]]) -> Dataset:
+    """The images of ``origins``, concatenated, image column only (SC must never see a label)."""
+    parts = [(ds if rows is None else ds.select(rows)).select_columns(["image"]) for ds, rows in origins]
     if len(parts) == 1:
         return parts[0]
     if parts[1].features != parts[0].features:
@@ -275,14 +286,21 @@ def semi_supervised_splits(
             "unlabeled_from_train": (all_rows if include_labeled_in_unlabeled
                                      else np.setdiff1d(all_rows, labeled_idx)).tolist(),
         }
+    unlabeled_origins = _unlabeled_origins(dsd, unlabeled_split, train, indices["unlabeled_from_train"])
+    origins = {"labeled": [(train, indices["labeled"])], "unlabeled": unlabeled_origins}
+    if test_split is not None:
+        origins["test"] = [(dsd[test_split], None)]
+    if indices["val"]:
+        origins["val"] = [(train, indices["val"])]
     out = SemiSupervisedSplits(
         labeled=train.select(indices["labeled"]).select_columns(["image", "label"]),
-        unlabeled=_unlabeled_pool(dsd, unlabeled_split, train, indices["unlabeled_from_train"]),
+        unlabeled=_unlabeled_pool(unlabeled_origins),
         test=dsd[test_split] if test_split is not None else None,
         val=train.select(indices["val"]).select_columns(["image", "label"]) if indices["val"] else None,
         num_classes=len(names),
         class_names=names,
         indices=indices,
+        origins=origins,
     )
     if save_indices_to is not None:
         out.save(save_indices_to)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from .augment import PADDING_MODES, _per_channel, fold_index
 from .decode import _decode, _raw_images
 from .errors import DataError
 from .splits import SemiSupervisedSplits
@@ -44,18 +45,6 @@ class ConvertMode:
         return f"{type(self).__name__}(mode={self.mode!r})"
 
 
-def _source_index(n: int, shift: int, mode: str) -> Tensor:
-    """Output pixel i of a shifted row/column reads input ``i + shift``, folded back inside [0, n)."""
-    idx = torch.arange(n) + shift
-    if mode == "reflect":  # ... 2 1 | 0 1 2 ... n-1 | n-2 ...
-        idx = idx.abs()
-        return torch.where(idx > n - 1, 2 * (n - 1) - idx, idx)
-    if mode == "symmetric":  # ... 1 0 | 0 1 2 ... n-1 | n-1 ...
-        idx = torch.where(idx < 0, -idx - 1, idx)
-        return torch.where(idx > n - 1, 2 * n - 1 - idx, idx)
-    return idx.clamp(0, n - 1)  # "edge"
-
-
 class RandomTranslate(nn.Module):
     """Shift by up to ``pad`` pixels each way, like ``RandomCrop(size, padding=pad)`` for any image size.
 
@@ -66,7 +55,7 @@ class RandomTranslate(nn.Module):
 
     def __init__(self, pad: int, padding_mode: str = "reflect"):
         super().__init__()
-        if padding_mode not in ("reflect", "symmetric", "edge", "constant", "zeros"):
+        if padding_mode not in PADDING_MODES:
             raise DataError(f"padding_mode={padding_mode!r}; use 'reflect', 'symmetric', 'edge' or 'constant'.")
         self.pad, self.padding_mode = pad, padding_mode
 
@@ -81,7 +70,8 @@ class RandomTranslate(nn.Module):
             out[..., max(0, -sy) : h - max(0, sy), max(0, -sx) : w - max(0, sx)] = (
                 img[..., max(0, sy) : h + min(0, sy), max(0, sx) : w + min(0, sx)])
         else:
-            rows, cols = _source_index(h, sy, self.padding_mode), _source_index(w, sx, self.padding_mode)
+            rows = fold_index(torch.arange(h) + sy, h, self.padding_mode)
+            cols = fold_index(torch.arange(w) + sx, w, self.padding_mode)
             out = img.index_select(-2, rows).index_select(-1, cols)
         return tv_tensors.wrap(out, like=img) if isinstance(img, tv_tensors.Image) else out
 
@@ -97,15 +87,27 @@ def _model_in_chans(model: nn.Module | None) -> int | None:
     return conv.in_channels if conv is not None else getattr(model, "in_chans", None)
 
 
-def _per_channel(values: Sequence[float], channels: int, what: str) -> list[float]:
-    values = [float(v) for v in values]
-    if len(values) == channels:
-        return values
-    if len(values) == 1:
-        return values * channels
-    if channels == 1:  # RGB stats for a grayscale input: their mean is the best single value
-        return [float(np.mean(values))]
-    raise DataError(f"{what} has {len(values)} values for {channels} channels. Fix: give 1 or {channels}.")
+def is_grayscale(img: PILImage.Image) -> bool:
+    """Whether a PIL image has one colour channel (converting it to RGB repeats that channel)."""
+    return img.mode in ("1", "L", "LA", "F") or img.mode.startswith("I")
+
+
+def _decode_steps(image_size: int | None, channels: int) -> list[Callable]:
+    steps: list[Callable] = [ConvertMode("L" if channels == 1 else "RGB"), v2.ToImage()]  # uint8 (C, H, W)
+    if image_size is not None:
+        steps += [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
+    return steps
+
+
+def decode_transform(*, image_size: int | None = None, channels: int = 3) -> Callable[[PILImage.Image], Tensor]:
+    """PIL image of any mode -> uint8 ``(channels, image_size, image_size)``: what ``build_transform`` does first.
+
+    The memory path stores its output once; the Trainer's streaming path runs it per image and leaves the
+    random augmentation and normalisation to :class:`sclearn.data.BatchAugment`.
+    """
+    if channels not in (1, 3):
+        raise DataError(f"channels={channels}; only 1 (grayscale) or 3 (RGB) are supported.")
+    return v2.Compose(_decode_steps(image_size, channels))
 
 
 def build_transform(
@@ -151,9 +153,7 @@ def build_transform(
 
         cfg = resolve_data_config({}, model=model)
         mean, std = cfg["mean"], cfg["std"]
-    steps: list[Callable] = [ConvertMode("L" if channels == 1 else "RGB"), v2.ToImage()]  # uint8 (C, H, W)
-    if image_size is not None:
-        steps += [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
+    steps = _decode_steps(image_size, channels)
     if train and translate > 0:
         steps.append(RandomTranslate(translate, padding_mode))
     if train and hflip:
@@ -184,7 +184,7 @@ def dataset_stats(ds: Dataset, *, max_images: int = 10000) -> tuple[tuple[float,
     for start in range(0, len(rows), 512):
         for j, item in enumerate(raw[rows[start : start + 512]]["image"]):
             img = _decode(item, j)
-            all_gray &= img.mode in ("1", "L", "LA", "F") or img.mode.startswith("I")
+            all_gray &= is_grayscale(img)
             x = np.asarray(to_rgb(img), dtype=np.float64).reshape(-1, 3) / 255.0  # (H*W, 3)
             total += x.sum(0)
             total_sq += (x * x).sum(0)
