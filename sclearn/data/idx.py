@@ -138,6 +138,9 @@ def _default_cache_dir() -> Path:
 
 def _load_idx(target: str, *, cache_dir: str | None) -> DatasetDict:
     root = Path(target)
+    if root.is_file():
+        raise DataError(f"'idx:' needs the directory that holds the four IDX files, but {target!r} is a file. Fix: "
+                        f"pass its directory: 'idx:{root.parent}'.")
     files = _find_idx_files(root)
     assert files is not None
     names = FASHION_MNIST_CLASSES if "fashion" in str(root.resolve()).lower() else DIGIT_CLASSES

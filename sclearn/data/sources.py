@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import glob as globlib
 import os
 import re
@@ -86,6 +87,13 @@ def _parse_source(source: str) -> tuple[str, str]:
         if any(path.rglob("*.parquet")):
             return "parquet", str(path)
         return "imagefolder", str(path)
+    unknown = re.match(r"^([A-Za-z][\w.-]+):", source)  # hub ids have no ':'; one letter is a Windows drive
+    if unknown:
+        close = difflib.get_close_matches(unknown.group(1).lower(), [*_LOCAL_KINDS, "hub"], n=1)
+        hint = f" (did you mean '{close[0]}:'?)" if close else ""
+        raise DataError(f"Unknown data source prefix '{unknown.group(1)}:' in {source!r}{hint}. Fix: use one of "
+                        "'parquet:<dir|glob>', 'imagefolder:<dir>', 'idx:<dir>', 'hub:<id>', a hub id such as "
+                        "'uoft-cs/cifar10', or an existing directory.")
     return "hub", source
 
 

@@ -122,11 +122,26 @@ def _draw(labels: np.ndarray, names: list[str], counts: list[int] | None, val_pe
         if len(rows) < k + val_per_class or k < 0:
             want = ("labels_per_class/num_labels share " + str(k) + " + " if counts is not None else "") + \
                 f"val_per_class {val_per_class}"
+            cause = _why_so_small(labels, names, c) or "Fix: lower labels_per_class/num_labels/val_per_class."
             raise DataError(f"Class {c} ({name!r}) has only {len(rows)} labelled images in split {split!r}, fewer "
-                            f"than {want}. Fix: lower labels_per_class/num_labels/val_per_class.")
+                            f"than {want}. {cause}")
         labeled.append(rows[:k])
         val.append(rows[k : k + val_per_class])
     return np.sort(np.concatenate(labeled)), np.sort(np.concatenate(val))
+
+
+def _why_so_small(labels: np.ndarray, names: list[str], c: int) -> str | None:
+    """The likely cause and fix when class ``c`` is too small because the labels are off, else None."""
+    counts = np.bincount(labels[labels >= 0], minlength=len(names))
+    if c == 0 and counts[0] == 0 and len(names) > 1 and np.all(counts[1:] > 0):
+        return (f"No image has label 0, and the labels run 1..{len(names) - 1}: they look 1-based, which adds an "
+                "empty class 0. Fix: make the labels 0-based (subtract 1 from the label column).")
+    twins = [o for o in range(len(names)) if o != c and names[o].casefold() == names[c].casefold()]
+    if twins:
+        spelled = ", ".join(f"{names[o]!r} ({counts[o]} images)" for o in twins)
+        return (f"Its name differs only in case from {spelled}: one class spelled two ways? Fix: spell each class "
+                "one way in the label column; if they are distinct classes, lower labels_per_class.")
+    return None
 
 
 def _fingerprint(labels: np.ndarray) -> str:
