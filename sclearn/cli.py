@@ -49,6 +49,8 @@ def _json_object(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"img_size\": 32}}', got {text!r}")
     return value
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
 
 
 def _auto_bool(value: str) -> bool | None:
@@ -106,6 +108,11 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--pretrain-min-delta", "pretrain_min_delta", float,
      "convergence stop: relative improvement of the epoch SC loss that counts (1e-3 = 0.1%%)"),
     ("--num-workers", "num_workers", int, "DataLoader worker processes"),
+    ("--num-workers", "num_workers", int, "DataLoader worker processes (streaming path only)"),
+    ("--data-path", "data_path", str,
+     "memory: decode once into a cached uint8 tensor | stream: decode every step | auto: memory if it fits"),
+    ("--memory-budget-gb", "memory_budget_gb", _optional_float,
+     "GiB the memory path may take ('none': a quarter of this machine's RAM)"),
     ("--output-dir", "output_dir", str, "run directory: checkpoints, metrics, exported backbone, figures"),
     ("--init-from", "init_from", str, "finetune: a run dir, checkpoint dir or backbone .safetensors"),
     ("--checkpoint-every", "checkpoint_every", _optional_int,

@@ -30,7 +30,7 @@ DEFAULT_LR: dict[str, float] = {"pretrain": 0.1, "finetune": 0.01, "supervised":
 # Fields that may change between a run and its resumption without changing what is computed.
 RESUMABLE_FIELDS = frozenset(
     {"resume", "num_workers", "log_every", "report_to", "checkpoint_every", "keep_checkpoints", "progress",
-     "output_dir", "overwrite"}
+     "output_dir", "overwrite", "data_path", "memory_budget_gb"}  # both data paths give the same tensors
 )
 
 
@@ -67,6 +67,11 @@ class TrainConfig:
         hflip: Random horizontal flips (paper: yes; switch off for digits).
         train_split / test_split: The dataset's split names to draw the labelled / unlabelled sets from and
             to test on.
+        num_workers: DataLoader worker processes of the streaming path (the memory path needs none).
+        data_path: ``"memory"``: decode every split once into a cached uint8 tensor and index batches from it;
+            ``"stream"``: decode every image at every step; ``"auto"``: memory when the decoded splits fit
+            ``memory_budget_gb``. Both paths augment whole batches on the device and give the same tensors.
+        memory_budget_gb: What the memory path may take, in GiB. None: a quarter of this machine's RAM.
 
     Model:
         backbone: A timm model name, or ``torchvision:<name>``.
@@ -149,6 +154,8 @@ class TrainConfig:
     translate: int = 2
     hflip: bool = True
     num_workers: int = 0
+    data_path: str = "auto"
+    memory_budget_gb: float | None = None
     # model
     backbone: str = "resnet18"
     layers: tuple[str, ...] = ("layer3",)
@@ -230,6 +237,7 @@ class TrainConfig:
             "mixed_precision": ("no", "bf16", "fp16"),
             "on_nonfinite": ("raise", "skip"),
             "channels": (1, 3),
+            "data_path": ("auto", "memory", "stream"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -244,6 +252,8 @@ class TrainConfig:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1 or None, got {getattr(self, name)}")
         self._validate_convergence_stop()
+        if self.memory_budget_gb is not None and not self.memory_budget_gb > 0:  # NaN fails too
+            raise ValueError(f"TrainConfig.memory_budget_gb must be > 0 GiB or None, got {self.memory_budget_gb}")
         ramp = self.sc_rampup_steps
         steps_ok = isinstance(ramp, int) and not isinstance(ramp, bool) and ramp >= 0
         fraction_ok = isinstance(ramp, float) and 0.0 < ramp <= 1.0  # NaN fails both comparisons

@@ -9,7 +9,8 @@ mode, draws a labelled batch from a cycling loader at every step. A run dir hold
 ``metrics.jsonl``, ``checkpoints/``, ``backbone.safetensors`` (+ ``.json``), ``summary.json`` and figures.
 
 Resuming restores model, optimizers, schedulers, RNG states, counters and the position inside the epoch:
-the resumed run computes exactly what the uninterrupted one would have (CPU, ``num_workers=0``).
+the resumed run computes exactly what the uninterrupted one would have (CPU, any ``num_workers``, either
+data path).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from tqdm.auto import tqdm
 from . import data as sc_data
 from . import rundir
 from .backbones import build_backbone, check_head, check_init_source, export_backbone, load_backbone_weights
-from .batching import resumable_loader
 from .builders import build_sc_model
 from .checkpoint import CheckpointManager, read_state
 from .config import FREEZE_STAGES, TrainConfig
@@ -110,10 +110,9 @@ class Trainer:
         with self.accelerator.main_process_first():
             self.splits = splits if splits is not None else self._load_splits()
         self.num_classes = self.splits.num_classes
-        self.loaders, eval_loaders, self.probe_loaders = self._make_loaders()
+        self.loaders, self.eval_loaders, self.probe_loaders, example = self._make_loaders()
 
         backbone = model if model is not None else self._build_backbone()
-        example, _ = next(iter(eval_loaders["test"]))
         check_head(backbone, example, self.num_classes)
         if cfg.init_from:
             skipped = load_backbone_weights(backbone, cfg.init_from)
@@ -131,12 +130,9 @@ class Trainer:
 
         self.optimizers = {s: self._make_optimizer(s) for s in cfg.stages}
         acc = self.accelerator
-        # Training loaders stay ours (EpochBatchSampler, sharded by rank); eval loaders are prepared so that
-        # gather_for_metrics can drop the padding of uneven shards.
-        prepared = acc.prepare(self.model, *self.optimizers.values(), *eval_loaders.values())
+        prepared = acc.prepare(self.model, *self.optimizers.values())  # eval loaders: in _make_loaders
         self.model = prepared[0]
-        self.optimizers = dict(zip(self.optimizers, prepared[1 : 1 + len(self.optimizers)]))
-        self.eval_loaders = dict(zip(eval_loaders, prepared[1 + len(self.optimizers) :]))
+        self.optimizers = dict(zip(self.optimizers, prepared[1:]))
         self.schedulers = {s: self._make_scheduler(s) for s in cfg.stages}
         acc.register_for_checkpointing(*self.schedulers.values())
         if cfg.gather_negatives:
@@ -219,43 +215,19 @@ class Trainer:
             save_indices_to=str(self.output_dir / "split_indices.json") if self.accelerator.is_main_process else None,
         )
 
-    def _make_loaders(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        """(training loaders, eval loaders, probe loaders). Training loaders are resumable and sharded."""
-        cfg, s, acc = self.config, self.splits, self.accelerator
-        mean, std = sc_data.normalization_stats(s, channels=cfg.channels)
-        common = dict(image_size=cfg.image_size, mean=mean, std=std, channels=cfg.channels)
-        train_tf = sc_data.build_transform(train=True, translate=cfg.translate, hflip=cfg.hflip, **common)
-        eval_tf = sc_data.build_transform(train=False, **common)
-        kw = dict(num_workers=cfg.num_workers, seed=cfg.seed)
-        shard = dict(seed=cfg.seed, rank=acc.process_index, world_size=acc.num_processes)
+    def _make_loaders(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], Tensor]:
+        """(training, eval, probe loaders, example batch) from :func:`sclearn.data.build_loaders`.
 
-        def train_loader(ds, batch_size: int, drop_last: bool):
-            base = sc_data.make_loader(sc_data.with_image_transform(ds, train_tf), batch_size, shuffle=True, **kw)
-            return resumable_loader(base, drop_last=drop_last, **shard)
-
-        def eval_loader(ds):
-            return sc_data.make_loader(sc_data.with_image_transform(ds, eval_tf), max(cfg.batch_size, 256),
-                                       shuffle=False, **kw)
-
-        train: dict[str, Any] = {}
-        stages = set(cfg.stages)
-        if stages & {"supervised", "finetune", "joint"}:
-            # Joint steps concatenate with an unlabelled batch, so keep labelled batches full (DDP: equal).
-            drop_last = "joint" in stages if cfg.labeled_drop_last is None else cfg.labeled_drop_last
-            full = len(s.labeled) // acc.num_processes >= cfg.batch_size  # else one ragged batch is all there is
-            train["labeled"] = train_loader(s.labeled, cfg.batch_size, drop_last=drop_last and full)
-        if stages & set(SC_STAGES):
-            bs = cfg.unlabeled_batch_size if "joint" in stages else cfg.sc_batch_size
-            if len(s.unlabeled) // acc.num_processes < bs:
-                raise ValueError(f"{len(s.unlabeled)} unlabelled images cannot fill one SC batch of {bs} per process")
-            train["unlabeled"] = train_loader(s.unlabeled, bs, drop_last=True)  # SC needs N >= 2: no ragged batch
-        evals = {"test": eval_loader(s.test)}  # also the head-size check's example batch
-        if s.val is not None and len(s.val):
-            evals["val"] = eval_loader(s.val)
-        probes: dict[str, Any] = {}
-        if "pretrain" in stages:  # the kNN probe runs on the main process over whole (unsharded) sets
-            probes = {"bank": eval_loader(s.labeled), **{k: eval_loader(getattr(s, k)) for k in evals}}
-        return train, evals, probes
+        Training loaders stay ours (EpochBatchSampler, sharded by rank); eval loaders are prepared so that
+        gather_for_metrics can drop the padding of uneven shards. Batches arrive on the device, augmented.
+        """
+        acc = self.accelerator
+        with acc.local_main_process_first():  # one process per machine decodes the memory cache; the rest reuse it
+            built = sc_data.build_loaders(self.config, self.splits, rank=acc.process_index,
+                                          world_size=acc.num_processes, device=acc.device,
+                                          prepare_eval=acc.prepare_data_loader)
+        acc.print(f"data path: {built.path} ({built.reason})")
+        return built.train, built.eval, built.probe, built.example
 
     def _build_backbone(self) -> nn.Module:
         cfg = self.config

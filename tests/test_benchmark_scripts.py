@@ -109,8 +109,19 @@ def test_mnist_table3_smoke(idx_dir: Path, tmp_path: Path) -> None:
     assert set(report["projection"]["per_arm"]) == {"sc_init", "no_init"}
 
 
+@pytest.mark.slow  # six interpreters (start-up and RSS probes run in fresh processes): about a minute
+def test_data_path_smoke(idx_dir: Path, tmp_path: Path) -> None:
+    report = run_smoke("data_path.py", idx_dir, tmp_path)
+    (r,) = report["ratios"]
+    assert r["case"] == "sc_mnist/supervised" and set(r["ratio"]) == {"memory", "stream"}
+    assert all(_finite_positive(r["ratio"][p]["mean"]) for p in ("memory", "stream"))
+    assert {"memory", "stream, 0 workers", "per-image build_transform (before)"} == set(report["loaders"])
+    assert {k: v["first"]["path"] for k, v in report["startup"].items()} == {"memory": "memory", "stream": "stream"}
+    assert report["rss"]["first_run"]["bytes"] == 64 * 3 * 96 * 96
+
+
 @pytest.mark.parametrize("script", ["trainer_efficiency.py", "data_throughput.py", "sample_efficiency.py",
-                                    "mnist_table3.py", "feature_diagnostics.py"])
+                                    "mnist_table3.py", "feature_diagnostics.py", "data_path.py"])
 def test_help(script: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     module = load_script(script)
     parsers: list[argparse.ArgumentParser] = []

@@ -106,7 +106,7 @@ def test_idx_cache_is_reused_then_invalidated(tmp_path, monkeypatch):
     def no_parse(*a, **k):
         raise AssertionError("parsed again despite a valid cache")
 
-    monkeypatch.setattr(D, "_idx_split", no_parse)
+    monkeypatch.setattr(D.idx, "_idx_split", no_parse)
     again = load_image_dataset(f"idx:{root}", cache_dir=str(cache))
     assert labels_of(again["train"]).tolist() == labels_of(first["train"]).tolist()
     monkeypatch.undo()
@@ -202,10 +202,10 @@ def test_column_overrides_and_missing_column(cifar_parquet_dir):
 
 
 def test_bare_directory_is_sniffed(idx_dir, mnist_parquet_dir, imagefolder_dir):
-    assert D._parse_source(str(idx_dir)) == ("idx", str(idx_dir))
-    assert D._parse_source(str(mnist_parquet_dir))[0] == "parquet"
-    assert D._parse_source(str(imagefolder_dir))[0] == "imagefolder"
-    assert D._parse_source("uoft-cs/cifar10") == ("hub", "uoft-cs/cifar10")
+    assert D.sources._parse_source(str(idx_dir)) == ("idx", str(idx_dir))
+    assert D.sources._parse_source(str(mnist_parquet_dir))[0] == "parquet"
+    assert D.sources._parse_source(str(imagefolder_dir))[0] == "imagefolder"
+    assert D.sources._parse_source("uoft-cs/cifar10") == ("hub", "uoft-cs/cifar10")
 
 
 def test_imagefolder_mixed_modes_load_and_transform(imagefolder_dir):

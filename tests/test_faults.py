@@ -19,9 +19,10 @@ SCRIPT = Path(__file__).parent / "scripts" / "train_until_done.py"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start(idx_dir, out: Path, slow_save: bool) -> subprocess.Popen:
+def start(idx_dir, out: Path, slow_save: bool, data: tuple[str, int] = ("auto", 0)) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, str(SCRIPT), str(idx_dir), str(out), "1" if slow_save else "0"],
+    args = [str(idx_dir), str(out), "1" if slow_save else "0", data[0], str(data[1])]
+    return subprocess.Popen([sys.executable, str(SCRIPT), *args],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -37,15 +38,16 @@ def wait_for_training(out: Path, proc: subprocess.Popen, timeout: float = 120) -
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_points_then_resume_matches_uninterrupted(idx_dir, tmp_path):
+@pytest.mark.parametrize("data", [("memory", 0), ("stream", 2)], ids=["memory", "stream-2-workers"])
+def test_sigkill_at_random_points_then_resume_matches_uninterrupted(idx_dir, tmp_path, data):
     ref_out = tmp_path / "ref"
-    ref = start(idx_dir, ref_out, slow_save=False)
+    ref = start(idx_dir, ref_out, slow_save=False, data=data)
     assert ref.wait(timeout=600) == 0, ref.stderr.read()[-2000:]
 
     out, rng = tmp_path / "killed", random.Random(1234)
     kills, progress = 0, -1
     while kills < 8:
-        proc = start(idx_dir, out, slow_save=True)
+        proc = start(idx_dir, out, slow_save=True, data=data)
         wait_for_training(out, proc)
         time.sleep(rng.uniform(0.0, 1.5))
         if proc.poll() is not None:  # finished before the kill
@@ -62,7 +64,7 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted(idx_dir, tmp
         # ...and at most the steps since it are lost: progress never goes backwards.
         assert state["global_step"] >= progress
         progress = state["global_step"]
-    final = start(idx_dir, out, slow_save=False)
+    final = start(idx_dir, out, slow_save=False, data=data)
     assert final.wait(timeout=600) == 0, final.stderr.read()[-2000:]
     assert kills >= 4, f"only {kills} kills landed before the run finished"
 
