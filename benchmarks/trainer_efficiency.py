@@ -401,23 +401,23 @@ def measure(case_name: str, mode: str, args: argparse.Namespace, data: Data) -> 
 # -- profile -------------------------------------------------------------------------------------------------
 # (label, file suffix, function name): the trainer's per-step pieces and the epoch-end work.
 PIECES: list[tuple[str, str, str]] = [
-    ("_seed_step (accelerate set_seed)", "sclearn/train.py", "_seed_step"),
-    ("_nonfinite (isfinite + bool)", "sclearn/train.py", "_nonfinite"),
-    ("_LogWindow.add", "sclearn/train.py", "add"),
-    ("_log_window (every log_every)", "sclearn/train.py", "_log_window"),
-    ("_to_device", "sclearn/train.py", "_to_device"),
-    ("_CyclingLoader.__next__ (joint)", "sclearn/train.py", "__next__"),
+    ("set_seed per micro-batch (accelerate)", "accelerate/utils/random.py", "set_seed"),
+    ("handle_nonfinite (skipped steps)", "sclearn/train/loop.py", "handle_nonfinite"),
+    ("LogWindow.add", "sclearn/train/metrics.py", "add"),
+    ("log_window (every log_every)", "sclearn/train/stage.py", "log_window"),
+    ("after_step (log + checkpoint checks)", "sclearn/train/stage.py", "after_step"),
+    ("cycle (joint labelled batches)", "sclearn/data/loaders.py", "cycle"),
     ("accelerator.backward", "accelerate/accelerator.py", "backward"),
     ("AcceleratedOptimizer.step", "accelerate/optimizer.py", "step"),
     ("AcceleratedOptimizer.zero_grad", "accelerate/optimizer.py", "zero_grad"),
     ("LR scheduler step", "torch/optim/lr_scheduler.py", "step"),
     ("tqdm.update (disabled bar)", "tqdm/std.py", "update"),
     ("accelerator.no_sync / nullcontext", "accelerate/accelerator.py", "no_sync"),
-    ("_losses (forward + loss)", "sclearn/train.py", "_losses"),
+    ("stage_losses (forward + loss)", "sclearn/train/loop.py", "stage_losses"),
     ("DataLoader __next__", "torch/utils/data/dataloader.py", "__next__"),
-    ("_end_epoch (eval + checkpoint)", "sclearn/train.py", "_end_epoch"),
+    ("end_epoch (eval + checkpoint)", "sclearn/train/stage.py", "end_epoch"),
     ("CheckpointManager.save", "sclearn/checkpoint.py", "save"),
-    ("_finish (export, summary, figures)", "sclearn/train.py", "_finish"),
+    ("_finish (export, summary, figures)", "sclearn/train/trainer.py", "_finish"),
 ]
 
 
@@ -464,7 +464,7 @@ def epoch_end_cost(args: argparse.Namespace) -> dict[str, Any]:
         trainer = Trainer(train_config(case, "supervised", args, out, steps=1))
         for _ in range(3 if args.smoke else 5):
             t = time.perf_counter()
-            trainer.checkpoints.save(trainer.state)
+            trainer.checkpoints.save(trainer.state.to_dict())
             times.append(time.perf_counter() - t)
         steps_per_epoch = trainer._steps_per_epoch("supervised")
     return {"case": args.cases[0], "checkpoint_save_ms": summarize([1e3 * t for t in times], 1),

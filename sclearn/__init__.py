@@ -18,7 +18,8 @@ __version__ = "0.1.0"
 
 # The trainer pulls in accelerate and datasets; load it on first use so `import sclearn` stays light.
 _LAZY = {"Trainer": ("train", "Trainer"), "TrainConfig": ("config", "TrainConfig"),
-         "NonFiniteLossError": ("train", "NonFiniteLossError"), "probe_checkpoint": ("probe", "probe_checkpoint")}
+         "NonFiniteLossError": ("train", "NonFiniteLossError"), "probe_checkpoint": ("probe", "probe_checkpoint"),
+         "probe_run": ("probe", "probe_run")}
 
 
 def __getattr__(name: str):
@@ -47,6 +48,7 @@ __all__ = [
     "paper_loss",
     "probe_checkpoint",
     "probe_representation",
+    "probe_run",
     "resolve_patch_size",
     "sample_patch_positions",
     "sample_patches",

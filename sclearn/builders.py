@@ -1,15 +1,18 @@
-"""From a :class:`~sclearn.config.TrainConfig` to the SC parts the Trainer trains, for scripts and benchmarks.
+"""From a :class:`~sclearn.config.TrainConfig` to the data splits and SC parts a run trains on, for scripts and
+benchmarks.
 
+    splits = build_splits(cfg)                       # cfg.data split as cfg.protocol / labels_per_class say
     losses = build_sc_losses(cfg, ["layer3"])        # {"layer3": SpatialContrastiveLoss(...)}
     model = build_sc_model(cfg, timm.create_model("resnet18", num_classes=10))
 
-The Trainer builds its wrapper with :func:`build_sc_model`, so a benchmark that uses these gets exactly the
-loss a training run with the same config gets.
+The Trainer builds its splits and wrapper with these, so a benchmark that uses them gets exactly the data and
+the loss a training run with the same config gets.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from torch import nn
 
@@ -17,6 +20,30 @@ from .config import TrainConfig
 from .losses import PatchProjector, SpatialContrastiveLoss
 from .sampling import PatchSize
 from .wrapper import MultiLayerSC
+
+if TYPE_CHECKING:
+    from .data import SemiSupervisedSplits
+
+
+def build_splits(config: TrainConfig, *, data: str | None = None, indices_file: str | None = None,
+                 save_indices_to: str | None = None) -> SemiSupervisedSplits:
+    """The labelled / unlabelled / val / test splits of ``config.data`` (or ``data``), drawn as ``config`` says
+    (``protocol``, ``labels_per_class``, ``val_per_class``, ``split_seed``, ``train_split``, ``test_split``).
+
+    Args:
+        indices_file: A run's ``split_indices.json``: its split again, exactly.
+        save_indices_to: Where to write the indices drawn.
+    """
+    from .data import load_image_dataset, semi_supervised_splits  # datasets loads only when data is
+
+    source = data or config.data
+    if not source:
+        raise ValueError("no data: set TrainConfig.data (e.g. 'idx:/path/to/fashion-mnist') or pass splits=")
+    return semi_supervised_splits(
+        load_image_dataset(source), protocol=config.protocol, labels_per_class=config.labels_per_class,
+        val_per_class=config.val_per_class, seed=config.split_seed, train_split=config.train_split,
+        test_split=config.test_split, indices_file=indices_file, save_indices_to=save_indices_to,
+    )
 
 
 def sc_layers(config: TrainConfig, backbone: nn.Module) -> list[str]:
@@ -61,4 +88,4 @@ def build_sc_model(config: TrainConfig, backbone: nn.Module) -> MultiLayerSC:
     return MultiLayerSC(backbone, layers, weights=config.layer_weights, loss=build_sc_losses(config, layers))
 
 
-__all__ = ["build_sc_losses", "build_sc_model", "sc_layers"]
+__all__ = ["build_sc_losses", "build_sc_model", "build_splits", "sc_layers"]

@@ -7,13 +7,18 @@ model (at any named layer, e.g. the SC layer), then fit a cheap classifier on th
   ``eval_knn.py``: each of the k nearest training features votes for its label with weight
   ``exp(sim / temperature)``.
 - ``linear_probe``: multinomial logistic regression fitted full-batch with L-BFGS on standardised features.
+- ``probe_splits`` (several eval sets) and ``probe_representation`` (one): both probes of a model's features
+  at a layer. The Trainer's per-epoch probe of SC pre-training and ``python -m sclearn.probe`` run these.
+- ``evaluate_accuracy``: top-1 of a model's logits, across processes when given accelerate's gather; the
+  Trainer's test and val accuracy.
 
 All loaders yield ``(images, labels)`` (a tuple/list, or a dict with "image"/"label" keys).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -22,7 +27,8 @@ from torch import Tensor, nn
 
 from .hooks import StopForward, run_until_stopped
 
-__all__ = ["evaluate_accuracy", "extract_features", "knn_probe", "linear_probe", "probe_representation"]
+__all__ = ["evaluate_accuracy", "extract_features", "knn_probe", "linear_probe", "probe_representation",
+           "probe_splits"]
 
 # Cap on the elements of one (test chunk x train) similarity block: 2**24 floats = 64 MiB,
 # so a 10k x 60k probe is done in ~36 blocks of ~280 test rows instead of one 2.4 GB matrix.
@@ -39,6 +45,19 @@ def _unpack(batch: Any) -> tuple[Tensor, Tensor]:
 def _model_device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model.eval()`` inside; afterwards every module gets back its own mode (frozen layers of a training model
+    stay in eval mode, which ``model.train(was_training)`` would undo)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def _pool_map(x: Tensor, pool: int | None) -> Tensor:
@@ -118,10 +137,8 @@ def extract_features(
         if layer not in modules:
             raise ValueError(f"no module named {layer!r}; some names: {list(modules)[1:12]}")
         module = modules[layer]
-    was_training = model.training
-    model.eval()
     feats, labels = [], []
-    try:
+    with _eval_mode(model):
         for i, batch in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
@@ -134,8 +151,6 @@ def extract_features(
             )
             feats.append(f.float().cpu())  # (B, D)
             labels.append(y.long().cpu())  # (B,)
-    finally:
-        model.train(was_training)
     if not feats:
         raise ValueError("the loader yielded no batches")
     return torch.cat(feats), torch.cat(labels)
@@ -249,6 +264,43 @@ def linear_probe(
     return (pred == test_labels.cpu()).float().mean().item()
 
 
+def probe_splits(
+    model: nn.Module,
+    layer: str | None,
+    train_loader: Iterable,
+    eval_loaders: Mapping[str, Iterable],
+    *,
+    pool: int | None = 2,
+    k: int = 20,
+    linear: Collection[str] = (),
+    num_classes: int | None = None,
+    device: torch.device | str | None = None,
+    to_map: Callable[..., Tensor] | None = None,
+) -> dict[str, dict[str, float | int]]:
+    """kNN (and linear) probes of ``model``'s frozen features at ``layer``, fitted on ``train_loader`` and scored on
+    each of ``eval_loaders``. The training features are extracted once (see :func:`extract_features` for
+    ``layer``, ``pool``, ``device`` and ``to_map``).
+
+    Args:
+        eval_loaders: Split name -> loader, e.g. ``{"test": ..., "val": ...}``.
+        k: Neighbours of :func:`knn_probe`.
+        linear: The splits that also get :func:`linear_probe` (names not in ``eval_loaders`` are ignored).
+        num_classes: For the kNN vote; default: the largest label + 1.
+
+    Returns:
+        ``{split: {"knn_top1": float, "feature_dim": int, "linear_top1": float (splits in linear)}}``.
+    """
+    train_x, train_y = extract_features(model, train_loader, layer=layer, pool=pool, device=device, to_map=to_map)
+    out: dict[str, dict[str, float | int]] = {}
+    for name, loader in eval_loaders.items():
+        x, y = extract_features(model, loader, layer=layer, pool=pool, device=device, to_map=to_map)
+        out[name] = {"knn_top1": knn_probe(train_x, train_y, x, y, k=k, num_classes=num_classes),
+                     "feature_dim": train_x.shape[1]}
+        if name in linear:
+            out[name]["linear_top1"] = linear_probe(train_x, train_y, x, y)
+    return out
+
+
 def probe_representation(
     model: nn.Module,
     layer: str | None,
@@ -258,38 +310,47 @@ def probe_representation(
     pool: int | None = 2,
     k: int = 20,
     device: torch.device | str | None = None,
+    num_classes: int | None = None,
 ) -> dict[str, float | int]:
-    """kNN and linear probes of ``model``'s features at ``layer`` (see ``extract_features``).
+    """kNN and linear probes of ``model``'s features at ``layer``, on one test set (see :func:`probe_splits`).
 
     Returns:
         ``{"knn_top1": float, "linear_top1": float, "feature_dim": int}``.
     """
-    train_x, train_y = extract_features(model, train_loader, layer=layer, pool=pool, device=device)
-    test_x, test_y = extract_features(model, test_loader, layer=layer, pool=pool, device=device)
-    return {
-        "knn_top1": knn_probe(train_x, train_y, test_x, test_y, k=k),
-        "linear_top1": linear_probe(train_x, train_y, test_x, test_y),
-        "feature_dim": train_x.shape[1],
-    }
+    return probe_splits(model, layer, train_loader, {"test": test_loader}, pool=pool, k=k, linear=("test",),
+                        num_classes=num_classes, device=device)["test"]
 
 
 @torch.no_grad()
 def evaluate_accuracy(
-    model: nn.Module, loader: Iterable, *, device: torch.device | str | None = None
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    device: torch.device | str | None = None,
+    gather: Callable[[tuple[Tensor, Tensor]], tuple[Tensor, Tensor]] | None = None,
 ) -> float:
-    """Top-1 accuracy of ``model``'s logits over ``loader`` (single process; eval mode, restored after)."""
+    """Top-1 accuracy of ``model``'s logits over ``loader`` (in eval mode; every module's mode is restored after).
+
+    Args:
+        model: Returns logits (B, num_classes), or an object with ``.logits`` (a :class:`sclearn.MultiLayerSC`,
+            which skips SC in eval mode).
+        device: Where to run; default: the model's device.
+        gather: ``(predictions, labels) -> (predictions, labels)`` of every process, e.g. accelerate's
+            ``Accelerator.gather_for_metrics`` (which drops the padding of uneven shards): each process then
+            returns the accuracy over the whole set.
+    """
     device = torch.device(device) if device is not None else _model_device(model)
-    was_training = model.training
-    model.eval()
     correct = total = 0
-    try:
+    with _eval_mode(model):
         for batch in loader:
             images, y = _unpack(batch)
-            pred = model(images.to(device, non_blocking=True)).argmax(1).cpu()  # (B,)
-            correct += int((pred == y.cpu()).sum())
+            out = model(images.to(device, non_blocking=True))
+            logits = getattr(out, "logits", out)  # (B, num_classes)
+            pred, y = logits.argmax(1), y.to(logits.device)  # (B,), (B,)
+            if gather is not None:
+                pred, y = gather((pred, y))
+            correct += int((pred == y).sum())
             total += y.numel()
-    finally:
-        model.train(was_training)
     if total == 0:
         raise ValueError("the loader yielded no batches")
     return correct / total

@@ -19,14 +19,14 @@ import torch
 
 from . import data as sc_data
 from .backbones import build_backbone, load_backbone_weights
+from .builders import build_splits
 from .cli import FlagParser, cli_errors
-from .evaluation import extract_features, knn_probe, linear_probe
+from .evaluation import probe_representation
 from .rundir import read_run_config, run_dir_of
 
 
-def probe_checkpoint(source: str | Path, *, layer: str | None = None, pool: int = 2, k: int = 20,
-                     data: str | None = None, random_baseline: bool = False,
-                     max_train: int | None = None) -> dict[str, Any]:
+def probe_run(source: str | Path, *, layer: str | None = None, pool: int = 2, k: int = 20,
+              data: str | None = None, random_baseline: bool = False, max_train: int | None = None) -> dict[str, Any]:
     """Linear and kNN probes of a run / checkpoint / exported backbone on its own data splits.
 
     Args:
@@ -53,12 +53,8 @@ def probe_checkpoint(source: str | Path, *, layer: str | None = None, pool: int 
     if run_dir is None:
         raise FileNotFoundError(f"no config.json in {source} or its run dir: is it an sclearn run or checkpoint?")
     cfg = read_run_config(run_dir / "config.json")
-    dsd = sc_data.load_image_dataset(data or cfg.data)
     indices = run_dir / "split_indices.json"
-    splits = sc_data.semi_supervised_splits(dsd, protocol=cfg.protocol, labels_per_class=cfg.labels_per_class,
-                                            val_per_class=cfg.val_per_class, seed=cfg.split_seed,
-                                            train_split=cfg.train_split, test_split=cfg.test_split,
-                                            indices_file=str(indices) if indices.is_file() else None)
+    splits = build_splits(cfg, data=data, indices_file=str(indices) if indices.is_file() else None)
     labeled = splits.labeled if max_train is None else splits.labeled.select(range(min(max_train, len(splits.labeled))))
     mean, std = sc_data.normalization_stats(splits, channels=cfg.channels)  # what the run trained on
     tf = sc_data.build_transform(train=False, image_size=cfg.image_size, mean=mean, std=std, channels=cfg.channels)
@@ -66,21 +62,19 @@ def probe_checkpoint(source: str | Path, *, layer: str | None = None, pool: int 
                for name, ds in (("train", labeled), ("test", splits.test))}
     layer = layer or (cfg.layers[0] if cfg.layers else None)
 
-    def probe(net: torch.nn.Module) -> dict[str, float]:
-        ftr, ytr = extract_features(net, loaders["train"], layer=layer, pool=pool)
-        fte, yte = extract_features(net, loaders["test"], layer=layer, pool=pool)
-        return {"linear_top1": linear_probe(ftr, ytr, fte, yte), "feature_dim": ftr.shape[1],
-                "knn_top1": knn_probe(ftr, ytr, fte, yte, k=k, num_classes=splits.num_classes)}
+    def scores(net: torch.nn.Module) -> dict[str, float | int]:
+        return probe_representation(net, layer, loaders["train"], loaders["test"], pool=pool, k=k,
+                                    num_classes=splits.num_classes)
 
     torch.manual_seed(cfg.seed)
     net = build_backbone(cfg.backbone, num_classes=splits.num_classes, in_chans=cfg.channels, **cfg.model_kwargs)
     random_state = {k: v.clone() for k, v in net.state_dict().items()} if random_baseline else None
     load_backbone_weights(net, source)
     result: dict[str, Any] = {"source": str(source), "layer": layer, "num_train": len(labeled),
-                              "num_test": len(splits.test), **probe(net)}
+                              "num_test": len(splits.test), **scores(net)}
     if random_state is not None:
         net.load_state_dict(random_state)
-        result.update({f"random_{k}": v for k, v in probe(net).items()})
+        result.update({f"random_{key}": v for key, v in scores(net).items()})
     return result
 
 
@@ -96,9 +90,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
     with cli_errors(parser.flags, debug=args.debug):
-        result = probe_checkpoint(args.source, layer=args.layer, pool=args.pool, k=args.k, data=args.data,
-                                  random_baseline=args.random_baseline, max_train=args.max_train)
+        result = probe_run(args.source, layer=args.layer, pool=args.pool, k=args.k, data=args.data,
+                           random_baseline=args.random_baseline, max_train=args.max_train)
     print(json.dumps(result, indent=2))
+
+
+probe_checkpoint = probe_run  # the earlier name
+
+__all__ = ["main", "probe_checkpoint", "probe_run"]
 
 
 if __name__ == "__main__":

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["ConvergenceStop"]
+if TYPE_CHECKING:
+    from .config import TrainConfig
+
+__all__ = ["ConvergenceStop", "pretrain_stop_reason"]
 
 
 @dataclass(frozen=True)
@@ -47,3 +50,22 @@ class ConvergenceStop:
             state.update(best_epoch_loss=epoch_loss, best_epoch=epochs_done)
         state["epochs_without_improvement"] = epochs_done - state.get("best_epoch", 0)
         return epochs_done >= self.min_epochs and state["epochs_without_improvement"] >= self.patience
+
+
+def pretrain_stop_reason(config: TrainConfig, epochs_done: int, epoch_loss: float | None, results: dict[str, Any],
+                         *, out_of_steps: bool) -> str | None:
+    """Why SC pre-training ends after epoch number ``epochs_done`` (1-based) when ``config.pretrain_patience`` is
+    set, else None.
+
+    ``converged`` (the :class:`ConvergenceStop` fired; its state lives in ``results``, the stage's results, saved
+    with every checkpoint), ``epoch_cap`` (``pretrain_epochs``) or ``step_cap`` (``out_of_steps``: the stage
+    reached ``pretrain_max_steps`` / ``max_steps``).
+    """
+    if config.pretrain_patience is None:
+        return None
+    rule = ConvergenceStop(config.pretrain_patience, config.pretrain_min_epochs, config.pretrain_min_delta)
+    if rule.update(results, epochs_done, epoch_loss):
+        return "converged"
+    if epochs_done == config.pretrain_epochs:
+        return "epoch_cap"
+    return "step_cap" if out_of_steps else None

@@ -186,6 +186,10 @@ class MultiLayerSC(nn.Module):
         """The SC loss module attached to ``layer``."""
         return self.losses[_sanitize(layer)]
 
+    def layout_for(self, layer: str) -> FeatureLayout:
+        """How ``layer``'s output becomes a (B, C, H, W) map: ``layout(output, input_hw)`` (NCHW, NHWC or tokens)."""
+        return self._layouts[layer]
+
     @property
     def sc_heads(self) -> nn.ModuleDict:
         """Deprecated name of :attr:`losses` (it holds losses, not heads)."""

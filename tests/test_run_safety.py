@@ -235,7 +235,7 @@ def test_resume_from_another_runs_checkpoint_is_checked_against_that_run(finishe
 def test_a_run_dir_as_resume_means_its_latest_checkpoint(finished_run, idx_dir, tmp_path):
     assert resolve_resume(str(finished_run), tmp_path / "elsewhere") == list_checkpoints(finished_run / "checkpoints")[-1]
     trainer = Trainer(run_config(idx_dir, tmp_path / "cont", resume=str(finished_run)))
-    assert trainer.state["global_step"] == 4 and trainer.state["stage_index"] == 1  # nothing left to train
+    assert trainer.state.global_step == 4 and trainer.state.stage_index == 1  # nothing left to train
     trainer.fit()
     assert_same_weights(weights(tmp_path / "cont"), weights(finished_run))
     log = (tmp_path / "cont" / "metrics.jsonl").read_text()
@@ -282,7 +282,7 @@ def test_a_broken_latest_checkpoint_falls_back_to_the_previous_one(finished_run,
     with pytest.warns(BrokenCheckpointWarning, match=rf"{skipped}.*resuming from the previous intact one, "
                                                      rf"{re.escape(str(ckpts[-2]))}$"):
         trainer = Trainer(run_config(idx_dir, run, resume=True))
-    assert trainer.state["global_step"] == 3
+    assert trainer.state.global_step == 3
     trainer.fit()
     assert_same_weights(weights(run), weights(finished_run))
 

@@ -1,6 +1,9 @@
 """The Trainer: every mode, resume equivalence, export, errors, non-finite handling, AMP."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -245,11 +248,27 @@ def test_torchvision_backbone_exports_and_reloads(idx_dir, tmp_path):
 
 
 def test_bf16_autocast_on_cpu_smoke(idx_dir, tmp_path):
-    cfg = tiny_config(idx_dir, tmp_path, mode="joint", mixed_precision="bf16", max_steps=2, epochs=1)
-    summary = Trainer(cfg).fit()
-    assert summary["global_steps"] == 2
-    losses = [r["loss"] for r in read_metrics(Path(cfg.output_dir)) if "loss" in r]
-    assert all(torch.isfinite(torch.tensor(losses)))
+    # In a process of its own: accelerate keeps one mixed precision per process, and this one already runs "no".
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "tests" / "scripts" / "bf16_run.py"), str(idx_dir),
+                           str(tmp_path)], env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["global_steps"] == 2
+    assert got["losses"] and all(torch.isfinite(torch.tensor(got["losses"])))
+    # The launcher's bf16 is in effect and recorded in config.json; the caller's config still says "no".
+    assert (got["asked"], got["effective"], got["recorded"]) == ("no", "bf16", "bf16")
+
+
+def test_another_mixed_precision_in_the_same_process_is_refused(idx_dir, tmp_path):
+    first = Trainer(tiny_config(idx_dir, tmp_path, mode="supervised", max_steps=1, epochs=1))
+    first.release_run_dir()  # this process's accelerate state now holds mixed_precision "no"
+    other = tiny_config(idx_dir, tmp_path, mode="supervised", mixed_precision="bf16", output_dir=str(tmp_path / "bf"))
+    with pytest.raises(ValueError, match=r"mixed_precision='bf16', but this process already runs accelerate with "
+                                         r"mixed_precision='no' .*Run this Trainer in a new process"):
+        Trainer(other)
+    assert other.mixed_precision == "bf16" and not (tmp_path / "bf").exists()  # refused before anything was made
 
 
 def test_gradient_accumulation_matches_big_batch(idx_dir, tmp_path):

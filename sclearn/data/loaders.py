@@ -164,15 +164,29 @@ def make_loader(
     )
 
 
-def cycle(loader: Iterable) -> Iterator:
+def cycle(loader: Iterable, start: int = 0) -> Iterator:
     """Iterate ``loader`` forever, re-iterating it (and so reshuffling) on every pass.
 
     For the smaller loader in joint training. Unlike ``itertools.cycle`` it caches nothing, so each
     pass gets fresh shuffling and augmentation.
+
+    Batch ``k`` (counting from 0) is batch ``k % len(loader)`` of pass ``k // len(loader)``. With a resumable
+    loader (its ``batch_sampler`` has ``set_position(epoch, start)``, as the Trainer's training loaders do),
+    ``start`` resumes at batch ``start`` exactly: the position is one integer, saved with a checkpoint. Other
+    loaders get ``set_epoch(pass)`` where they have it, and take only ``start=0``.
     """
-    epoch = 0
+    sampler = getattr(loader, "batch_sampler", None)
+    resumable = hasattr(sampler, "set_position")
+    if start and not resumable:
+        raise ValueError(f"cycle(start={start}) needs a resumable loader (its batch_sampler has set_position); "
+                         "this one can only start at 0")
+    if resumable and len(loader) == 0:
+        raise DataError("cycle() got a loader that yields no batches. Fix: check its dataset and drop_last.")
+    epoch, skip = divmod(start, len(loader)) if resumable else (0, 0)
     while True:
-        if hasattr(loader, "set_epoch"):  # accelerate's / distributed loaders reshuffle per epoch
+        if resumable:
+            sampler.set_position(epoch, skip)
+        elif hasattr(loader, "set_epoch"):  # accelerate's / distributed loaders reshuffle per epoch
             loader.set_epoch(epoch)
         empty = True
         for batch in loader:
@@ -180,4 +194,4 @@ def cycle(loader: Iterable) -> Iterator:
             yield batch
         if empty:
             raise DataError("cycle() got a loader that yields no batches. Fix: check its dataset and drop_last.")
-        epoch += 1
+        epoch, skip = epoch + 1, 0
