@@ -88,7 +88,7 @@ class _StageRun:
         # Sums over all processes: the plateau scheduler and the stop rule see the same epoch loss everywhere.
         state.epoch_loss_sum += window.sums.get("loss", 0.0)
         state.epoch_loss_count += window.count_all
-        self.results["train_loop_s"] = round(self.results.get("train_loop_s", 0.0) + seconds, 3)
+        self.results["train_loop_s"] = round(self.results.get("train_loop_s", 0.0) + seconds, 4)
         window.reset()
         self.bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("loss", "ce", "sc")})
         loop.metrics.write(record)

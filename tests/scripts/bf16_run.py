@@ -13,8 +13,8 @@ from pathlib import Path
 
 os.environ["ACCELERATE_MIXED_PRECISION"] = "bf16"  # what `accelerate launch --mixed_precision bf16` sets
 
-from sclearn.train import Trainer  # noqa: E402
-from tests.test_train import read_metrics, tiny_config  # noqa: E402
+from sclearn.train import Trainer
+from tests.test_train import read_metrics, tiny_config
 
 idx_dir, root = Path(sys.argv[1]), Path(sys.argv[2])
 cfg = tiny_config(idx_dir, root, mode="joint", mixed_precision="bf16", max_steps=2, epochs=1)
