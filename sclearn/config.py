@@ -25,7 +25,7 @@ DEFAULT_LR: dict[str, float] = {"pretrain": 0.1, "finetune": 0.01, "supervised":
 # Fields that may change between a run and its resumption without changing what is computed.
 RESUMABLE_FIELDS = frozenset(
     {"resume", "num_workers", "log_every", "report_to", "checkpoint_every", "keep_checkpoints", "progress",
-     "output_dir"}
+     "output_dir", "eval_every_steps"}
 )
 
 
@@ -85,6 +85,10 @@ class TrainConfig:
         eval_every: Evaluate every N epochs (and after the last). eval_test: also score the test split
             during training; switch it off while choosing settings on the validation split.
         knn_k: k of the kNN probe run after each SC pre-training epoch.
+        eval_every_steps: Also evaluate every N optimizer steps of a stage (test / val top-1, or the kNN probe
+            while pre-training), written to metrics.jsonl as ``"event": "eval"`` records. None: per epoch only.
+            Evaluation does not change training: each step is seeded by its index, and the model is
+            evaluated in eval mode (batch-norm statistics untouched).
 
     Run:
         checkpoint_every: Save a checkpoint every N optimizer steps of a stage (after that epoch's evaluation
@@ -147,6 +151,7 @@ class TrainConfig:
     knn_k: int = 20
     eval_every: int = 1
     eval_test: bool = True
+    eval_every_steps: int | None = None
     # run
     output_dir: str = "runs/sclearn"
     seed: int = 0
@@ -187,7 +192,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "pretrain_max_steps", "checkpoint_every"):
+        for name in ("max_steps", "pretrain_max_steps", "checkpoint_every", "eval_every_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1 or None, got {getattr(self, name)}")
         ramp = self.sc_rampup_steps

@@ -21,6 +21,7 @@ from . import data as sc_data
 from .backbones import build_backbone, load_backbone_weights
 from .config import TrainConfig
 from .evaluation import extract_features, knn_probe, linear_probe
+from .export import PROBE_FILE
 
 
 def _run_dir_of(source: Path) -> Path:
@@ -92,9 +93,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", help="override the run's data source")
     parser.add_argument("--max-train", type=int, help="cap the labelled images used to fit the probes")
     parser.add_argument("--random-baseline", action="store_true", help="also probe the random-init net")
+    parser.add_argument("--save", action="store_true",
+                        help="also write the result to the run's probe.json, which its model card shows "
+                             "(python -m sclearn.export <run> rewrites the card)")
     args = parser.parse_args(argv)
-    print(json.dumps(probe_checkpoint(args.source, layer=args.layer, pool=args.pool, k=args.k, data=args.data,
-                                      random_baseline=args.random_baseline, max_train=args.max_train), indent=2))
+    result = probe_checkpoint(args.source, layer=args.layer, pool=args.pool, k=args.k, data=args.data,
+                              random_baseline=args.random_baseline, max_train=args.max_train)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.save:
+        source = Path(args.source)
+        (_run_dir_of(source if source.is_dir() else source.parent) / PROBE_FILE).write_text(text + "\n")
 
 
 if __name__ == "__main__":

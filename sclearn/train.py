@@ -19,7 +19,7 @@ import json
 import math
 import time
 from collections import defaultdict
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from .batching import resumable_loader
 from .checkpoint import CheckpointManager, read_state
 from .config import FREEZE_STAGES, TrainConfig
 from .distributed import all_gather_with_grad
+from .export import export_run, record_command
 from .losses import PatchProjector, SpatialContrastiveLoss
 from .wrapper import MultiLayerSC, SCOutput
 
@@ -90,6 +91,8 @@ class Trainer:
         self.output_dir = Path(cfg.output_dir)
         self.accelerator = self._make_accelerator()
         self._prepare_run_dir()
+        if self.accelerator.is_main_process:
+            record_command(self.output_dir, resume=bool(cfg.resume))  # for the model card
         set_seed(cfg.seed)
         with self.accelerator.main_process_first():
             self.splits = splits if splits is not None else self._load_splits()
@@ -98,6 +101,7 @@ class Trainer:
 
         backbone = model if model is not None else self._build_backbone()
         example, _ = next(iter(eval_loaders["test"]))
+        self.input_size = list(example.shape[1:])  # (C, H, W), exported with the weights
         check_head(backbone, example, self.num_classes)
         if cfg.init_from:
             skipped = load_backbone_weights(backbone, cfg.init_from)
@@ -223,6 +227,7 @@ class Trainer:
         """(training loaders, eval loaders, probe loaders). Training loaders are resumable and sharded."""
         cfg, s, acc = self.config, self.splits, self.accelerator
         mean, std = sc_data.normalization_stats(s, channels=cfg.channels)
+        self.normalization = {"mean": list(mean), "std": list(std)}  # exported with the weights
         common = dict(image_size=cfg.image_size, mean=mean, std=std, channels=cfg.channels)
         train_tf = sc_data.build_transform(train=True, translate=cfg.translate, hflip=cfg.hflip, **common)
         eval_tf = sc_data.build_transform(train=False, **common)
@@ -474,6 +479,10 @@ class Trainer:
                 if st["stage_step"] % cfg.log_every == 0:
                     self._log_window(stage, epoch, log, opt, bar)
                 end_of_epoch = st["batch_in_epoch"] == n_batches
+                if self._step_evaluates(stage, epoch, ends_epoch=end_of_epoch or st["stage_step"] >= total):
+                    with log.paused():  # before this step's checkpoint, so a resumed run has the record
+                        self._write_metrics({"step": st["global_step"], "stage": stage, "epoch": epoch,
+                                             "event": "eval", **self.evaluate(stage)})
                 # Epoch ends save in _end_epoch (after evaluation) and the stage's last step in fit().
                 mid_epoch = not end_of_epoch and st["stage_step"] < total
                 if cfg.checkpoint_every and st["stage_step"] % cfg.checkpoint_every == 0 and mid_epoch:
@@ -594,8 +603,7 @@ class Trainer:
             sched.step(epoch_loss)  # the paper: lr / 10 when the loss stops decreasing
         record: dict[str, Any] = {"step": st["global_step"], "stage": stage, "epoch": epoch, "event": "epoch_end",
                                   "epoch_loss": epoch_loss}
-        last = epoch + 1 == cfg.epochs_for(stage) or st["stage_step"] >= self._total_steps(stage)
-        if (epoch + 1) % cfg.eval_every == 0 or last:
+        if self._epoch_evaluates(stage, epoch):
             record.update(self.evaluate(stage))
         results = st["stage_results"].setdefault(stage, {})
         results.update({k: v for k, v in record.items() if k.endswith(("acc", "top1"))})
@@ -610,6 +618,18 @@ class Trainer:
         stage_over = st["stage_step"] >= self._total_steps(stage) or epoch + 1 == cfg.epochs_for(stage)
         if cfg.checkpoint_every and st["stage_step"] % cfg.checkpoint_every == 0 and not stage_over:
             self.checkpoints.save(st)
+
+    def _epoch_evaluates(self, stage: str, epoch: int) -> bool:
+        """Whether the end of ``epoch`` evaluates: every ``eval_every`` epochs, and at the stage's end."""
+        cfg = self.config
+        last = epoch + 1 == cfg.epochs_for(stage) or self.state["stage_step"] >= self._total_steps(stage)
+        return (epoch + 1) % cfg.eval_every == 0 or last
+
+    def _step_evaluates(self, stage: str, epoch: int, ends_epoch: bool) -> bool:
+        """An ``eval_every_steps`` evaluation is due now, and no end-of-epoch evaluation follows at this step."""
+        every = self.config.eval_every_steps
+        due = bool(every) and self.state["stage_step"] % every == 0
+        return due and not (ends_epoch and self._epoch_evaluates(stage, epoch))
 
     @torch.no_grad()
     def accuracy(self, loader) -> float:
@@ -667,7 +687,7 @@ class Trainer:
         cfg = self.config
         return {"architecture": cfg.backbone, "num_classes": self.num_classes, "in_chans": cfg.channels,
                 "class_names": list(self.splits.class_names), "sc_layers": list(cfg.layers),
-                "mode": cfg.mode, "image_size": cfg.image_size}
+                "mode": cfg.mode, "image_size": cfg.image_size, "input_size": self.input_size, **self.normalization}
 
     def _finish(self, wall_time: float) -> dict[str, Any]:
         acc, st, cfg = self.accelerator, self.state, self.config
@@ -692,6 +712,7 @@ class Trainer:
                 "output_dir": str(self.output_dir),
                 "figures": self._write_figures(),
             }
+            summary["export"] = str(export_run(self.output_dir, backbone=self.backbone(), summary=summary))
             (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         acc.wait_for_everyone()
         return summary
@@ -747,6 +768,15 @@ class _LogWindow:
 
     def restart_clock(self) -> None:
         self._start = time.perf_counter()
+
+    @contextmanager
+    def paused(self):
+        """Time spent inside (an evaluation between steps) does not count towards img/s."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._start += time.perf_counter() - start
 
     def elapsed(self) -> float:
         return time.perf_counter() - self._start
