@@ -132,7 +132,7 @@ def _hub_args(model: nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
 def _check_out(out: Path) -> None:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / TRAINING_CONFIG).is_file())):
         raise ValueError(f"{out} exists and is not an sclearn export folder (it has no {TRAINING_CONFIG}); "
-                         f"choose a new or empty folder with --out (nothing was written)")
+                         f"choose a new or empty folder (--out, or out=) (nothing was written)")
 
 
 def export_run(run_dir: str | Path, out: str | Path | None = None, *, backbone: nn.Module | None = None,
@@ -178,7 +178,9 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, backbone: 
                      "label_names": list(meta["class_names"]), "input_size": meta["input_size"],
                      "mean": meta["mean"], "std": meta["std"]}, indent=2) + "\n")
         (staged / TRAINING_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        card = model_card(config, meta, summary, kind=kind, num_params=sum(p.numel() for p in model.parameters()),
+        arch = config["backbone"] if kind != "custom" else f"{type(model).__module__}.{type(model).__qualname__}"
+        card = model_card(config, meta, summary, kind=kind, arch=arch,
+                          num_params=sum(p.numel() for p in model.parameters()),
                           probe=_read_json(run_dir / PROBE_FILE), command=_read_json(run_dir / COMMAND_FILE),
                           run_name=run_dir.resolve().name, repo_id=repo_id)
         card.save(staged / "README.md")
@@ -262,7 +264,7 @@ def _sc_lines(config: dict[str, Any]) -> list[str]:
     return lines
 
 
-def model_card(config: dict[str, Any], meta: dict[str, Any], summary: dict[str, Any], *, kind: str,
+def model_card(config: dict[str, Any], meta: dict[str, Any], summary: dict[str, Any], *, kind: str, arch: str,
                num_params: int, probe: dict[str, Any] | None = None, command: dict[str, Any] | None = None,
                run_name: str = "run", repo_id: str | None = None) -> Any:
     """The README of an export folder, as a ``huggingface_hub.ModelCard``."""
@@ -277,7 +279,6 @@ def model_card(config: dict[str, Any], meta: dict[str, Any], summary: dict[str, 
         tags=["image-classification", "sclearn", "spatial-contrasting", "semi-supervised"]
         + (["timm"] if kind == "timm" else []),
     )
-    arch = config["backbone"]
     classes = list(meta.get("class_names") or [])
     c, h, w = meta["input_size"]
     stages = summary.get("stages") or {}

@@ -147,17 +147,17 @@ def comparison_figure(series: dict[str, dict[str, tuple[list[float], list[float]
     for i, (arm, curves) in enumerate(series.items()):
         color = f"C{i}"
         steps, acc = curves["test_acc"]
-        if steps:
-            acc_ax.plot(steps, [100 * a for a in acc], marker="o", ms=4, color=color, label=arm)
-            acc_ax.annotate(f"{100 * acc[-1]:.1f}%", (steps[-1], 100 * acc[-1]), xytext=(4, 0),
-                            textcoords="offset points", va="center", fontsize="small", color=color)
+        if steps:  # the final accuracy goes in the legend: labels at the line ends collide when arms are close
+            acc_ax.plot(steps, [100 * a for a in acc], marker="o", ms=4, color=color,
+                        label=f"{arm} (final {100 * acc[-1]:.1f}%)")
         steps, sc = curves["sc"]
         if steps:
             sc_ax.plot(steps, sc, color=color, label=arm)
         else:
             no_sc.append(arm)
     acc_ax.set(title="test accuracy", xlabel="optimizer step", ylabel="top-1 on the test split (%)")
-    sc_ax.set(title="spatial contrasting loss (training batches)", xlabel="optimizer step", ylabel="SC loss")
+    sc_ax.set(title="spatial contrasting loss (training batches)", xlabel="optimizer step",
+              ylabel="SC loss (before the weight λ)")
     if no_sc:  # say why an arm is missing rather than leave the reader to guess
         sc_ax.text(0.98, 0.97, f"no SC term: {', '.join(no_sc)}", transform=sc_ax.transAxes, ha="right",
                    va="top", fontsize="small", color="gray")
@@ -165,7 +165,6 @@ def comparison_figure(series: dict[str, dict[str, tuple[list[float], list[float]
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize="small", loc="lower right" if ax is acc_ax else "lower left")
-    acc_ax.margins(x=0.12)  # room for the final-accuracy labels
     if title:
         fig.suptitle(title)
     return fig

@@ -72,7 +72,7 @@ def test_resume_after_a_kill_keeps_the_step_evaluations_and_the_weights(idx_dir,
     cut.resume = True
     Trainer(cut).fit()
 
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "img_per_s"} for r in rs]  # noqa: E731
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "img_per_s"} for r in rs]
     got, want = strip(read_metrics(Path(cut.output_dir))), strip(read_metrics(Path(ref.output_dir)))
     assert [r["step"] for r in got if r.get("event") == "eval"] == [2, 4, 6]
     assert got == want

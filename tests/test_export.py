@@ -133,7 +133,7 @@ def test_push_without_the_hub_fails_at_once_with_one_line(joint_run, tmp_path, e
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "sclearn.export", str(run), "--out", str(out), "--push-to-hub",
                            "someone/sc-model"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     assert time.monotonic() - started < 60  # an import, then no network wait
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
@@ -156,3 +156,16 @@ def test_torchvision_backbone_exports_a_folder_torchvision_loads(idx_dir, tmp_pa
         assert torch.equal(net(x), trainer.backbone().eval()(x))
     card = (folder / "README.md").read_text()
     assert "library_name: torchvision" in card and 'torchvision.models.get_model("resnet18"' in card
+
+
+def test_a_custom_module_gets_weights_config_and_card_but_no_timm_config(idx_dir, tmp_path):
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(4, 10))
+    cfg = tiny_config(idx_dir, tmp_path, mode="supervised", max_steps=1, epochs=1)
+    Trainer(cfg, model=net).fit()
+    folder = Path(cfg.output_dir) / "export"
+    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "README.md", "training_config.json"}
+    for key, value in net.state_dict().items():
+        assert torch.equal(load_file(str(folder / "model.safetensors"))[key], value), key
+    with pytest.raises(FileNotFoundError, match="has no config.json: its backbone is not a timm or torchvision"):
+        load_exported(folder)
