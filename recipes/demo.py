@@ -25,7 +25,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sclearn.export import PROBE_FILE, export_run
 from sclearn.plots import plot_comparison
+from sclearn.probe import probe_checkpoint
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 HUB_ID = "zalando-datasets/fashion_mnist"
@@ -117,12 +119,13 @@ def main() -> None:
     rows = [("joint SC + CE", a, joint), ("supervised only", b, sup)]
     print(f"\nFashion-MNIST, {args.labels_per_class} labels per class, {args.steps} steps each, seed {args.seed}")
     print(f"{'arm':<18}{'test acc':>10}{'wall s':>9}  run dir")
-    for name, acc, s in rows:
-        print(f"{name:<18}{100 * acc:>9.2f}%{s['wall_time_s']:>9.0f}  {s['output_dir']}")
+    for name, acc, run in rows:
+        print(f"{name:<18}{100 * acc:>9.2f}%{run['wall_time_s']:>9.0f}  {run['output_dir']}")
     print(f"{'difference':<18}{100 * (a - b):>+9.2f} points (one seed: see benchmarks/RESULTS.md for the spread)")
     j, s = probes["joint"], probes["supervised"]
-    print(f"\nLinear probe of the frozen {j['layer']} features ({j['feature_dim']}-d), fitted on the "
-          f"{j['num_train']} labelled images, scored on the {j['num_test']} test images")
+    print(f"\nProbes of the frozen {j['layer']} features (the SC layer, average-pooled to {j['feature_dim']} numbers "
+          f"per image): linear = logistic regression,\nkNN = 20-nearest-neighbour vote; both fitted on the "
+          f"{j['num_train']} labelled images and scored on the {j['num_test']} test images")
     print(f"{'features of':<34}{'linear':>8}{'kNN':>8}")
     for name, lin, knn in [("the same net at random init", j["random_linear_top1"], j["random_knn_top1"]),
                            ("the supervised-only run", s["linear_top1"], s["knn_top1"]),
@@ -140,9 +143,6 @@ def probe_both(joint: dict, sup: dict) -> dict[str, dict]:
 
     Each result goes to the run's probe.json, and the run's hub folder is rewritten so its card shows it.
     """
-    from sclearn.export import PROBE_FILE, export_run
-    from sclearn.probe import probe_checkpoint
-
     print("\n== probes: linear and kNN on frozen SC-layer features", flush=True)
     results = {}
     for name, summary, baseline in (("joint", joint, True), ("supervised", sup, False)):

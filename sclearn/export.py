@@ -73,9 +73,11 @@ def record_command(run_dir: str | Path, *, resume: bool) -> None:
     """Record ``sys.argv`` in ``<run_dir>/command.json``: the command of a fresh run, appended for a resume."""
     path = Path(run_dir) / COMMAND_FILE
     entry = {"argv": list(sys.argv), "cwd": os.getcwd()}
-    record = json.loads(path.read_text()) if resume and path.is_file() else {"command": entry, "resumed": []}
     if resume and path.is_file():
+        record = json.loads(path.read_text())
         record["resumed"].append(entry)
+    else:
+        record = {"command": entry, "resumed": []}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     tmp.replace(path)
@@ -157,6 +159,11 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, backbone: 
     if config is None or meta is None or not (run_dir / "backbone.safetensors").is_file():
         raise FileNotFoundError(f"{run_dir} is not a finished sclearn run (it needs config.json, backbone.json "
                                 "and backbone.safetensors, written when training ends)")
+    missing = [k for k in ("input_size", "mean", "std") if k not in meta]
+    if missing:
+        raise ValueError(f"{run_dir / 'backbone.json'} lacks {missing} (written by sclearn before hub folders "
+                         "existed): add them (the input's [C, H, W], and the mean and std that "
+                         "sclearn.data.normalization_stats gives for the run's splits), or train the run again")
     summary = summary if summary is not None else _read_json(run_dir / "summary.json") or {}
     if backbone is None:
         model = _rebuild_backbone(run_dir, config, meta)
@@ -178,7 +185,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, backbone: 
                      "label_names": list(meta["class_names"]), "input_size": meta["input_size"],
                      "mean": meta["mean"], "std": meta["std"]}, indent=2) + "\n")
         (staged / TRAINING_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        arch = config["backbone"] if kind != "custom" else f"{type(model).__module__}.{type(model).__qualname__}"
+        arch = {"timm": model.pretrained_cfg.get("architecture"), "torchvision": config["backbone"]}.get(
+            kind, f"{type(model).__module__}.{type(model).__qualname__}")
         card = model_card(config, meta, summary, kind=kind, arch=arch,
                           num_params=sum(p.numel() for p in model.parameters()),
                           probe=_read_json(run_dir / PROBE_FILE), command=_read_json(run_dir / COMMAND_FILE),

@@ -6,7 +6,8 @@
 Flow (after dino's ``train`` -> ``train_one_epoch``): ``fit`` runs the stages of the mode in order; each stage
 runs epochs; each epoch drives one loader (labelled for CE stages, unlabelled for SC stages) and, in joint
 mode, draws a labelled batch from a cycling loader at every step. A run dir holds ``config.json``,
-``metrics.jsonl``, ``checkpoints/``, ``backbone.safetensors`` (+ ``.json``), ``summary.json`` and figures.
+``metrics.jsonl``, ``checkpoints/``, ``backbone.safetensors`` (+ ``.json``), ``summary.json``, figures and
+``export/`` (a hub folder, see :mod:`sclearn.export`).
 
 Resuming restores model, optimizers, schedulers, RNG states, counters and the position inside the epoch:
 the resumed run computes exactly what the uninterrupted one would have (CPU, ``num_workers=0``).

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -121,6 +122,14 @@ def test_cli_rewrites_the_folder_keeping_other_files_and_refuses_foreign_folders
     assert [p.name for p in foreign.iterdir()] == ["cat.jpg"]
     with pytest.raises(SystemExit, match="is not a finished sclearn run"):
         main([str(tmp_path / "nothing"), "--out", str(tmp_path / "x")])
+
+    old = tmp_path / "old-run"  # a run from before hub folders: backbone.json without the input description
+    shutil.copytree(run, old, ignore=shutil.ignore_patterns("export", "checkpoints"))
+    meta = json.loads((old / "backbone.json").read_text())
+    (old / "backbone.json").write_text(json.dumps({k: v for k, v in meta.items() if k not in ("mean", "std")}))
+    with pytest.raises(SystemExit, match=r"backbone.json lacks \['mean', 'std'\] \(written by sclearn before"):
+        main([str(old)])
+    assert not (old / "export").exists()
 
 
 @pytest.mark.parametrize("env, says", [
