@@ -16,11 +16,13 @@ from .state import TrainState
 __all__ = ["export_meta", "run_summary", "write_figures", "write_summary"]
 
 
-def export_meta(config: TrainConfig, splits: Any) -> dict[str, Any]:
-    """What ``backbone.json`` says beside the exported weights."""
+def export_meta(config: TrainConfig, splits: Any, *, input_size: list[int], mean: list[float],
+                std: list[float]) -> dict[str, Any]:
+    """What ``backbone.json`` says beside the exported weights: the architecture, the classes, the input
+    ``[C, H, W]`` and the normalisation the run trained on (the hub folder needs them)."""
     return {"architecture": config.backbone, "num_classes": splits.num_classes, "in_chans": config.channels,
             "class_names": list(splits.class_names), "sc_layers": list(config.layers), "mode": config.mode,
-            "image_size": config.image_size}
+            "image_size": config.image_size, "input_size": input_size, "mean": mean, "std": std}
 
 
 def run_summary(config: TrainConfig, state: TrainState, splits: Any, *, num_processes: int, wall_time_s: float,

@@ -1,8 +1,9 @@
 """One stage of a run: its epochs, and what happens between steps and between epochs.
 
-- After each optimizer step: the log window goes to ``metrics.jsonl`` every ``log_every`` steps, and a checkpoint
-  is written every ``checkpoint_every`` steps (one that falls on an epoch end waits for that epoch's evaluation;
-  the stage's last state is saved by the Trainer, with the next stage's counters).
+- After each optimizer step: the log window goes to ``metrics.jsonl`` every ``log_every`` steps, an ``eval`` event
+  every ``eval_every_steps`` steps (unless an epoch-end evaluation follows at that step), and a checkpoint every
+  ``checkpoint_every`` steps (one that falls on an epoch end waits for that epoch's evaluation; the stage's last
+  state is saved by the Trainer, with the next stage's counters).
 - After each epoch: the plateau schedule steps on the epoch loss, the epoch is evaluated every ``eval_every``
   epochs and at the stage's end, and SC pre-training asks whether it has converged (``pretrain_patience``).
 
@@ -64,12 +65,24 @@ class _StageRun:
             self.bar.close()  # before any error message, which then starts on a line of its own
         self.results["wall_time_s"] = round(self.results.get("wall_time_s", 0.0) + time.time() - start, 2)
 
+    def epoch_evaluates(self, epoch: int) -> bool:
+        """Whether the end of ``epoch`` evaluates: every ``eval_every`` epochs, and at the stage's end (its epoch or
+        step cap; a convergence stop evaluates too)."""
+        cfg = self.config
+        last = epoch + 1 == cfg.epochs_for(self.loop.stage) or self.state.stage_step >= self.loop.total_steps
+        return (epoch + 1) % cfg.eval_every == 0 or last
+
     def after_step(self, epoch: int, ends_epoch: bool) -> None:
-        cfg, state = self.config, self.state
+        loop, cfg, state = self.loop, self.config, self.state
         self.bar.update(1)
         if state.stage_step % cfg.log_every == 0:
             self.log_window(epoch)
-        mid_epoch = not ends_epoch and state.stage_step < self.loop.total_steps
+        mid_epoch = not ends_epoch and state.stage_step < loop.total_steps
+        every = cfg.eval_every_steps  # due now, unless the epoch-end evaluation follows at this very step
+        if every and state.stage_step % every == 0 and (mid_epoch or not self.epoch_evaluates(epoch)):
+            with self.window.paused():  # before this step's checkpoint, so a resumed run has the record
+                loop.metrics.write({"step": state.global_step, "stage": loop.stage, "epoch": epoch, "event": "eval",
+                                    **self.evaluate()})
         if cfg.checkpoint_every and state.stage_step % cfg.checkpoint_every == 0 and mid_epoch:
             if self.window.count:  # the epoch's loss sum must be complete in the saved state
                 self.log_window(epoch)
@@ -105,7 +118,7 @@ class _StageRun:
             stop = pretrain_stop_reason(cfg, epoch + 1, state.epoch_loss, results, out_of_steps=out_of_steps)
         capped = epoch + 1 == cfg.epochs_for(loop.stage) or out_of_steps
         last = capped or stop is not None
-        if (epoch + 1) % cfg.eval_every == 0 or last:
+        if self.epoch_evaluates(epoch) or stop is not None:
             record.update(self.evaluate())
         results.update({k: v for k, v in record.items() if k.endswith(("acc", "top1"))})
         results.update(epochs=epoch + 1, steps=state.stage_step)

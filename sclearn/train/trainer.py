@@ -8,8 +8,9 @@ The Trainer builds the parts (accelerator, run dir, splits and loaders, model, o
 checkpoints, metrics log) and ``fit`` runs the mode's stages in order. A stage
 (:func:`~sclearn.train.stage.run_stage`) runs epochs of :func:`~sclearn.train.loop.train_one_epoch` over one
 driving loader (labelled for CE stages, unlabelled for SC stages; joint also draws one labelled batch per
-micro-batch from a cycling loader), logs and checkpoints between steps, and evaluates between epochs. Between
-stages the Trainer checkpoints; at the end it exports the backbone and writes ``summary.json`` and figures.
+micro-batch from a cycling loader), logs, checkpoints (and with ``eval_every_steps`` evaluates) between steps,
+and evaluates between epochs. Between stages the Trainer checkpoints; at the end it exports the backbone, writes
+``summary.json`` and figures, and the hub folder ``export/`` (:mod:`sclearn.export`).
 
 Resuming restores model, optimizers, schedulers, RNG states, the :class:`~sclearn.train.state.TrainState` and the
 position inside the epoch: the resumed run computes exactly what the uninterrupted one would have (CPU, any
@@ -37,7 +38,7 @@ from ..checkpoint import STATE_FILE, CheckpointManager, read_state
 from ..config import FREEZE_STAGES, TrainConfig
 from ..distributed import all_gather_with_grad
 from ..evaluation import evaluate_accuracy, probe_splits
-from ..losses import SpatialContrastiveLoss
+from ..export import export_run, record_command
 from ..wrapper import MultiLayerSC
 from .accelerator import make_accelerator
 from .loop import SC_STAGES, StageLoop, stage_losses
@@ -78,6 +79,8 @@ class Trainer:
         cfg, accelerator = self.config, self.accelerator
         if cfg.init_from and model is None:  # before the data loads: a missing or foreign file fails now
             check_init_source(cfg.init_from, architecture=cfg.backbone, in_chans=cfg.channels)
+        if accelerator.is_main_process:
+            record_command(self.output_dir, resume=bool(cfg.resume))  # for the model card
         set_seed(cfg.seed)
         with accelerator.main_process_first():
             save_to = str(self.output_dir / "split_indices.json") if accelerator.is_main_process else None
@@ -91,6 +94,9 @@ class Trainer:
                                           prepare_eval=accelerator.prepare_data_loader)
         accelerator.print(f"data path: {built.path} ({built.reason})")
         self.loaders, self.eval_loaders, self.probe_loaders = built.train, built.eval, built.probe
+        # Exported with the weights: the input (C, H, W) and the normalisation the run trained on.
+        self.input_size, self.normalization = list(built.example.shape[1:]), {"mean": list(built.mean),
+                                                                              "std": list(built.std)}
 
         self.model, self.frozen = build_model(cfg, self.num_classes, built.example, model=model, log=accelerator.print)
         frozen_ids = {id(p) for m in self.frozen for p in m.parameters()}
@@ -99,8 +105,8 @@ class Trainer:
         self.optimizers = dict(zip(cfg.stages, optimizers))
         self.schedulers = {s: build_scheduler(self.optimizers[s], cfg, self._total_steps(s)) for s in cfg.stages}
         accelerator.register_for_checkpointing(*self.schedulers.values())
-        if cfg.gather_negatives:
-            for loss in self._sc_losses():
+        if cfg.gather_negatives and isinstance(self._wrapper(), MultiLayerSC):
+            for loss in self._wrapper().losses.values():
                 loss.gather_fn = all_gather_with_grad
 
         self.checkpoints = CheckpointManager(accelerator, self.output_dir / "checkpoints", cfg.keep_checkpoints)
@@ -149,10 +155,6 @@ class Trainer:
         model = self._wrapper()
         return model.backbone if isinstance(model, MultiLayerSC) else model
 
-    def _sc_losses(self) -> list[SpatialContrastiveLoss]:
-        wrapper = self._wrapper()
-        return list(wrapper.losses.values()) if isinstance(wrapper, MultiLayerSC) else []
-
     def _steps_per_epoch(self, stage: str) -> int:
         driver = self.loaders["unlabeled" if stage in SC_STAGES else "labeled"]
         return math.ceil(len(driver) / self.config.grad_accum_steps)
@@ -180,7 +182,7 @@ class Trainer:
             self._run_stage(stage)
             if stage == "pretrain" and len(cfg.stages) > 1 and self.accelerator.is_main_process:
                 export_backbone(self.backbone(), self.output_dir / "pretrain_backbone.safetensors",
-                                export_meta(self.config, self.splits))
+                                self._export_meta())
             st.end_stage()
             self.checkpoints.save(st.to_dict())
         summary = self._finish(time.time() - start)
@@ -240,13 +242,17 @@ class Trainer:
     probe = probe_sc_layer  # the earlier name
 
     # -- the end ---------------------------------------------------------------------------------------
+    def _export_meta(self) -> dict[str, Any]:
+        return export_meta(self.config, self.splits, input_size=self.input_size, **self.normalization)
+
     def _finish(self, wall_time_s: float) -> dict[str, Any]:
         summary: dict[str, Any] = {}
         if self.accelerator.is_main_process:
-            path = export_backbone(self.backbone(), self.output_dir / "backbone.safetensors", export_meta(self.config, self.splits))
+            path = export_backbone(self.backbone(), self.output_dir / "backbone.safetensors", self._export_meta())
             figures = write_figures(self.metrics.path, self.backbone(), self.output_dir, log=self.accelerator.print)
             summary = run_summary(self.config, self.state, self.splits, num_processes=self.accelerator.num_processes,
                                   wall_time_s=wall_time_s, backbone_path=path, figures=figures)
+            summary["export"] = str(export_run(self.output_dir, backbone=self.backbone(), summary=summary))
             write_summary(summary, self.output_dir)
         self.accelerator.wait_for_everyone()
         return summary
