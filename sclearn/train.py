@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import sys
 import time
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
@@ -231,7 +232,8 @@ class Trainer:
             built = sc_data.build_loaders(self.config, self.splits, rank=acc.process_index,
                                           world_size=acc.num_processes, device=acc.device,
                                           prepare_eval=acc.prepare_data_loader)
-        acc.print(f"data path: {built.path} ({built.reason})")
+        if acc.is_main_process:  # a log line: stderr, so that a recipe's stdout stays its JSON summary
+            print(f"data path: {built.path} ({built.reason})", file=sys.stderr)
         self.normalization = {"mean": list(built.mean), "std": list(built.std)}  # exported with the weights
         return built.train, built.eval, built.probe, built.example
 
