@@ -50,12 +50,12 @@ from torch import nn
 
 from .backbones import TORCHVISION_PREFIX, build_backbone, load_backbone_weights
 from .config import TrainConfig
+from .rundir import EXPORT_DIR, EXPORT_FILES
 
-EXPORT_DIR = "export"
-TRAINING_CONFIG = "training_config.json"  # also marks a folder as an sclearn export
+TRAINING_CONFIG = EXPORT_FILES[-1]  # training_config.json: also marks a folder as an sclearn export
 COMMAND_FILE = "command.json"
 PROBE_FILE = "probe.json"  # written by `python -m sclearn.probe <run> --save`
-_OUR_FILES = ("config.json", "model.safetensors", "README.md", TRAINING_CONFIG)
+_OUR_FILES = EXPORT_FILES
 
 CITATION = """@article{hoffer2016spatial,
   title={Spatial contrasting for deep unsupervised learning},
@@ -185,8 +185,12 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, backbone: 
                      "label_names": list(meta["class_names"]), "input_size": meta["input_size"],
                      "mean": meta["mean"], "std": meta["std"]}, indent=2) + "\n")
         (staged / TRAINING_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        arch = (model.pretrained_cfg.get("architecture") if kind == "timm"  # only timm models have pretrained_cfg
-                else config["backbone"] if kind == "torchvision" else f"{type(model).__module__}.{type(model).__qualname__}")
+        if kind == "timm":
+            arch = model.pretrained_cfg.get("architecture")
+        elif kind == "torchvision":
+            arch = config["backbone"]
+        else:
+            arch = f"{type(model).__module__}.{type(model).__qualname__}"
         card = model_card(config, meta, summary, kind=kind, arch=arch,
                           num_params=sum(p.numel() for p in model.parameters()),
                           probe=_read_json(run_dir / PROBE_FILE), command=_read_json(run_dir / COMMAND_FILE),

@@ -36,8 +36,11 @@ RUN_FILES: tuple[str, ...] = (
     "config.json", "config.tmp", "metrics.jsonl", "summary.json", "split_indices.json",
     "backbone.safetensors", "backbone.json", "backbone.tmp",
     "pretrain_backbone.safetensors", "pretrain_backbone.json", "pretrain_backbone.tmp",
-    "training_curves.png", "first_layer_filters.png", ".write-test",
+    "training_curves.png", "first_layer_filters.png", ".write-test", "command.json", "probe.json",
 )
+# The hub-format folder a run writes (sclearn.export); training_config.json marks it as sclearn's.
+EXPORT_DIR = "export"
+EXPORT_FILES: tuple[str, ...] = ("config.json", "model.safetensors", "README.md", "training_config.json")
 CHECKPOINTS_DIR = "checkpoints"
 TRACKER_RUN_NAME = "sclearn"  # accelerate's TensorBoard tracker logs into <run dir>/<this>/
 LOCK_FILE = ".sclearn.lock"
@@ -176,7 +179,7 @@ def check_overwrite_target(run_dir: str | Path) -> None:
 
 def clear_run(run_dir: str | Path) -> list[Path]:
     """Delete the sclearn run in ``run_dir``: only the files sclearn writes (:data:`RUN_FILES`, its
-    checkpoints, its TensorBoard event files), never anything else. Returns what was deleted.
+    checkpoints, its hub folder's files, its TensorBoard event files), never anything else. Returns what was deleted.
 
     Raises:
         RunDirError: ``run_dir`` is protected (see :func:`check_overwrite_target`), or it holds run files
@@ -199,6 +202,9 @@ def clear_run(run_dir: str | Path) -> list[Path]:
         for ckpt in ours:
             shutil.rmtree(ckpt)
         deleted += ours
+    export = run_dir / EXPORT_DIR
+    if (export / EXPORT_FILES[-1]).is_file():
+        deleted += [export / n for n in EXPORT_FILES if (export / n).is_file()]
     tracker = run_dir / TRACKER_RUN_NAME
     if tracker.is_dir():
         deleted += [p for p in tracker.rglob(f"{_TB_EVENTS}*") if p.is_file()]
@@ -206,7 +212,7 @@ def clear_run(run_dir: str | Path) -> list[Path]:
         if path.is_file():
             path.unlink()
     subfolders = sorted(tracker.rglob("*"), reverse=True) if tracker.is_dir() else []
-    for folder in (checkpoints, *subfolders, tracker):
+    for folder in (checkpoints, export, *subfolders, tracker):
         if folder.is_dir() and not any(folder.iterdir()):  # kept when it still holds files of yours
             folder.rmdir()
     return deleted

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -92,7 +93,8 @@ class Trainer:
             built = sc_data.build_loaders(cfg, self.splits, rank=accelerator.process_index,
                                           world_size=accelerator.num_processes, device=accelerator.device,
                                           prepare_eval=accelerator.prepare_data_loader)
-        accelerator.print(f"data path: {built.path} ({built.reason})")
+        if accelerator.is_main_process:  # a log line: stderr, so that a recipe's stdout stays its JSON summary
+            print(f"data path: {built.path} ({built.reason})", file=sys.stderr)
         self.loaders, self.eval_loaders, self.probe_loaders = built.train, built.eval, built.probe
         # Exported with the weights: the input (C, H, W) and the normalisation the run trained on.
         self.input_size, self.normalization = list(built.example.shape[1:]), {"mean": list(built.mean),
