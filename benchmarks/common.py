@@ -1,5 +1,6 @@
-"""Helpers shared by the benchmark scripts: machine description, CPU-contention accounting, statistics,
-JSON output and result blocks in ``benchmarks/RESULTS.md``.
+"""Measuring helpers shared by the benchmark scripts: machine description, CPU-contention accounting,
+statistics, JSON output and result blocks in ``benchmarks/RESULTS.md`` (no sclearn import; what the scripts
+share on top of it, flags, result cache and library builders, is in ``_harness.py``).
 
 Every benchmark prints one JSON object (machine, config, results) on stdout and, when asked, writes the
 same facts as a markdown block into RESULTS.md, next to the exact command that produced them. A block is
@@ -98,6 +99,16 @@ def load_average() -> tuple[float, float, float]:
         return tuple(round(v, 2) for v in os.getloadavg())  # type: ignore[return-value]
     except OSError:
         return (0.0, 0.0, 0.0)
+
+
+def uptime() -> str:
+    """``uptime``'s line (load averages with a clock), or the load averages alone."""
+    import subprocess
+
+    try:
+        return subprocess.run(["uptime"], check=False, capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "load average: " + ", ".join(map(str, load_average()))
 
 
 def _system_busy_seconds() -> float | None:
@@ -256,41 +267,3 @@ def _lock(fh: Any) -> None:
 def fenced(text: str, lang: str = "") -> str:
     return f"```{lang}\n{text}\n```"
 
-
-# -- scaffolding of the benchmarks that train (sample_efficiency, mnist_table3) -----------------------------
-BENCH_DIR = Path(__file__).resolve().parent
-
-
-def uptime() -> str:
-    """``uptime``'s line (load averages with a clock), or the load averages alone."""
-    import subprocess
-
-    try:
-        return subprocess.run(["uptime"], check=False, capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "load average: " + ", ".join(map(str, load_average()))
-
-
-def set_run_dirs(args: Any, name: str, stack: Any) -> None:
-    """Fill ``args.results_dir`` / ``args.runs_dir``: a temp dir (removed by ``stack``) for ``--smoke`` runs,
-    else ``benchmarks/<name>_results`` and ``runs/<name>`` in the repository."""
-    import tempfile
-
-    if args.smoke and (args.results_dir is None or args.runs_dir is None):
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"sclearn-{name}-smoke-")))
-        args.results_dir = args.results_dir or tmp / "results"
-        args.runs_dir = args.runs_dir or tmp / "runs"
-    args.results_dir = args.results_dir or BENCH_DIR / f"{name}_results"
-    args.runs_dir = args.runs_dir or BENCH_DIR.parent / "runs" / name
-
-
-def report_header(name: str, args: Any) -> dict[str, Any]:
-    """The keys every training benchmark's JSON report starts with (the config is ``vars(args)``)."""
-    return {
-        "benchmark": name,
-        "command": command_line(),
-        "date": now_utc(),
-        "machine": machine_info(torch.device("cpu")),
-        "uptime_start": uptime(),
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "write_results"},
-    }
