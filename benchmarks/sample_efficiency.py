@@ -57,7 +57,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` and `_harness` when run as a script
 
-import _harness as h
+import _harness as harness
 from common import load_average, markdown_table, mean_pm_std, now_utc, summarize
 
 ARMS = ("sup_labeled", "two_stage", "joint", "sup_all")
@@ -72,10 +72,10 @@ def stage_seconds(summary: dict[str, Any]) -> float:
 
 # -- the protocol --------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = h.parser("Table-2 protocol on Fashion-MNIST: supervised on few labels vs two-stage SC vs joint SC vs "
+    p = harness.parser("Table-2 protocol on Fashion-MNIST: supervised on few labels vs two-stage SC vs joint SC vs "
                  "supervised on all labels; prints one JSON object.",
                  smoke="tiny run for CI: 3 steps, batch 16, 10 labels/class, seed 0 (use a small --data)")
-    h.add_run_flags(p, "sample_efficiency", arms=ARMS, seeds_help="seeds (label subset, init, order)")
+    harness.add_run_flags(p, "sample_efficiency", arms=ARMS, seeds_help="seeds (label subset, init, order)")
     p.add_argument("--labels-per-class", type=int, default=400, help="labelled images per class (Table 2: 400)")
     p.add_argument("--steps", type=int, default=3000,
                    help="optimizer steps of every supervised / fine-tune / joint run (the same for every arm)")
@@ -83,9 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="SC pre-training steps of two_stage (on top of its --steps fine-tune); default --steps")
     p.add_argument("--translate", type=int, default=2, help="augmentation: max translation in pixels")
     p.add_argument("--hflip", action="store_true", help="augmentation: also random horizontal flips")
-    p.add_argument("--common-args", type=h.json_object, default={},
+    p.add_argument("--common-args", type=harness.json_object, default={},
                    help="JSON TrainConfig fields for every run, e.g. '{\"schedule\": \"plateau\"}'")
-    p.add_argument("--arm-args", type=h.json_object, default={},
+    p.add_argument("--arm-args", type=harness.json_object, default={},
                    help="JSON {arm: {TrainConfig fields}}, applied last; arms: sup_labeled, two_stage (its "
                    "fine-tune run), pretrain (two_stage's SC run), joint, sup_all")
     p.add_argument("--project-steps", type=int, default=None,
@@ -112,7 +112,7 @@ def base_fields(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "data": args.data, "backbone": "sc_mnist", "layers": ("stages.1",),
         "model_kwargs": dict(args.model_kwargs), "channels": 1, "image_size": None,
         "translate": args.translate, "hflip": args.hflip, "batch_size": args.batch_size,
-        "epochs": h.BIG, "pretrain_epochs": h.BIG, "max_steps": args.steps, "eval_every": h.BIG, "eval_test": True,
+        "epochs": harness.BIG, "pretrain_epochs": harness.BIG, "max_steps": args.steps, "eval_every": harness.BIG, "eval_test": True,
         "seed": seed, "split_seed": seed, "num_workers": args.num_workers, "checkpoint_every": 500,
         "log_every": 50, "report_to": "none", "progress": False,
     }
@@ -136,7 +136,7 @@ def arm_runs(arm: str, args: argparse.Namespace, seed: int) -> list[tuple[str, d
 
 def run_arm(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     runs = arm_runs(arm, args, seed)
-    cache = h.ResultCache(args.results_dir)
+    cache = harness.ResultCache(args.results_dir)
     key = cache.key(f"{arm}_seed{seed}", [f for _, f in runs])
     return cache.run(key, lambda: train_arm(arm, seed, key, runs, args), reuse=args.resume,
                      label="sample_efficiency")
@@ -152,13 +152,13 @@ def train_arm(arm: str, seed: int, key: str, runs: list[tuple[str, dict[str, Any
         if fields.get("init_from") == "<pretrain run>":
             fields = {**fields, "init_from": str(previous)}
         run_dir = args.runs_dir / key / name
-        summary = h.train_once(fields, run_dir, resume=args.resume)
+        summary = harness.train_once(fields, run_dir, resume=args.resume)
         stage = fields["mode"]
-        loop = h.loop_timing(run_dir, fields).get(stage, {"loop_s": 0.0, "s_per_step": None})
+        loop = harness.loop_timing(run_dir, fields).get(stage, {"loop_s": 0.0, "s_per_step": None})
         out["stages"][name] = {
             "mode": stage, "steps": summary.get("global_steps") or 0, "train_s": round(stage_seconds(summary), 2),
             "loop_s": loop["loop_s"], "s_per_step": loop["s_per_step"],
-            "images_per_step": h.images_per_step(fields, stage),
+            "images_per_step": harness.images_per_step(fields, stage),
             "total_s": summary.get("total_s"), "setup_s": summary.get("setup_s"),
             "test_acc": summary.get("final_test_acc"), "reused": summary.get("reused", False),
             "continued": bool(summary.get("continued")),
@@ -262,7 +262,7 @@ def markdown_block(report: dict[str, Any]) -> str:
             f"{100 * a['pretrain_knn_top1']['mean']:.1f}" if "pretrain_knn_top1" in a else "-",
         ])
     proj = agg["projection"]
-    return h.results_block(report, "Sample efficiency on Fashion-MNIST (Table-2 protocol)", [
+    return harness.results_block(report, "Sample efficiency on Fashion-MNIST (Table-2 protocol)", [
         (f"- sc_mnist (paper MNIST net), {cfg['labels_per_class']} labels/class, batch {cfg['batch_size']}, "
          f"{cfg['steps']} supervised/fine-tune/joint steps per arm, two-stage pre-training {cfg['pretrain_steps']} "
          f"SC steps on top; seeds {cfg['seeds']}; test accuracy after the last step (no selection)."),
@@ -270,7 +270,7 @@ def markdown_block(report: dict[str, Any]) -> str:
         markdown_table(["arm", "test acc % (mean ± std)", "seeds", "gap closed", "wall min / run",
                         "ms/step", "kNN after pretrain %"], rows),
         *(["", f"Gap closed: {agg['gap_closed_note']}."] if agg["gap_closed_note"] else []),
-        *h.note_lines(cfg.get("notes")),
+        *harness.note_lines(cfg.get("notes")),
         "",
         "Runs (date, 1-min load average at start / end of each run): " + "; ".join(
             f"{r['arm']} seed {r['seed']}: {r.get('date', '?')}, {r.get('load_start', '?')} / {r.get('load_end', '?')}"
@@ -283,16 +283,16 @@ def markdown_block(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    h.use_threads(args.threads)
+    harness.use_threads(args.threads)
     with contextlib.ExitStack() as stack:
-        h.set_run_dirs(args, "sample_efficiency", stack)
-        report = h.report_header("sample_efficiency", args)
+        harness.set_run_dirs(args, "sample_efficiency", stack)
+        report = harness.report_header("sample_efficiency", args)
         results = [run_arm(arm, seed, args) for seed in args.seeds for arm in args.arms]
         report["runs"] = [{k: v for k, v in r.items() if k != "stages"} | {
             "stages": {n: {k: v for k, v in s.items() if k not in ("config", "results")} for n, s in r["stages"].items()}}
             for r in results]
         report["aggregate"] = aggregate(results, args)
-    h.publish(report, args, "sample_efficiency", markdown_block)
+    harness.publish(report, args, "sample_efficiency", markdown_block)
     return 0
 
 

@@ -58,7 +58,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common`, `_harness` when run as a script
 
-import _harness as h
+import _harness as harness
 from common import markdown_table
 from feature_diagnostics import relu_activity
 
@@ -67,8 +67,8 @@ from sclearn import data as sc_data
 from sclearn.backbones import load_backbone_weights
 from sclearn.evaluation import probe_representation
 
-RESULTS_DIR = h.ROOT / "benchmarks" / "ablation_results"
-VARIANTS: dict[str, Any] = json.loads((h.ROOT / "benchmarks" / "ablation_variants.json").read_text())
+RESULTS_DIR = harness.ROOT / "benchmarks" / "ablation_results"
+VARIANTS: dict[str, Any] = json.loads((harness.ROOT / "benchmarks" / "ablation_variants.json").read_text())
 HEADS: dict[str, dict[str, Any]] = VARIANTS["heads"]
 ROUNDS: dict[int, dict[str, Any]] = {int(k): v for k, v in VARIANTS["rounds"].items()}
 PROBE_LAYER, PROBE_POOL = "stages.1", 2
@@ -90,7 +90,7 @@ def train_fields(arm: str, p: dict[str, Any], *, lpc: int, seed: int, steps: int
                  eval_test: bool) -> dict[str, Any]:
     """The TrainConfig fields of one run: arm ``supervised`` or ``sc`` with the SC params ``p``."""
     kw = dict(BASE, data=data, labels_per_class=lpc, val_per_class=val_per_class, split_seed=seed, seed=seed,
-              max_steps=steps, epochs=h.BIG, eval_every=h.BIG, eval_test=eval_test,
+              max_steps=steps, epochs=harness.BIG, eval_every=harness.BIG, eval_test=eval_test,
               model_kwargs=dict(HEADS[p.get("head", "paper")]))
     if arm == "supervised":
         return dict(kw, mode="supervised", freeze=tuple(p.get("freeze") or ()))
@@ -102,7 +102,7 @@ def train_fields(arm: str, p: dict[str, Any], *, lpc: int, seed: int, steps: int
         if p.get(key) is not None:
             kw[key] = tuple(p[key]) if isinstance(p[key], (list, tuple)) else p[key]
     if p["mode"] in ("two_stage", "pretrain"):  # SC batches as large as a joint step's, then the same CE
-        kw.update(pretrain_epochs=h.BIG, pretrain_lr=p.get("pretrain_lr") or kw["lr"],
+        kw.update(pretrain_epochs=harness.BIG, pretrain_lr=p.get("pretrain_lr") or kw["lr"],
                   pretrain_batch_size=round(64 * (1 + p["unlabeled_ratio"])))
     return kw
 
@@ -166,7 +166,7 @@ def probe_arm(spec: dict[str, Any]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for lpc in spec["lpcs"]:
         splits = sc_data.semi_supervised_splits(dsd, labels_per_class=lpc, seed=spec["seed"])
-        train, test = (h.loader(cfg, splits, ds, train=False, batch_size=256) for ds in (splits.labeled, splits.test))
+        train, test = (harness.loader(cfg, splits, ds, train=False, batch_size=256) for ds in (splits.labeled, splits.test))
         results[str(lpc)] = {name: probe_representation(net, PROBE_LAYER, train, test, pool=PROBE_POOL)
                              for name, net in (("random", random_net), ("sc", sc_net))}
     return {"name": spec["name"], "stage": "probe", "seed": spec["seed"], "pretrain_steps": spec["steps"],
@@ -178,7 +178,7 @@ def probe_arm(spec: dict[str, Any]) -> dict[str, Any]:
 def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     """The record of one spec (read back from the cache unless --force). Runs in a worker process."""
     compute = probe_arm if spec["stage"] == "probe" else train_arm
-    return h.ResultCache(spec["results_dir"]).run(spec["key"], lambda: compute(spec), reuse=not spec["force"],
+    return harness.ResultCache(spec["results_dir"]).run(spec["key"], lambda: compute(spec), reuse=not spec["force"],
                                                   label="sc_ablation")
 
 
@@ -196,7 +196,7 @@ def _spec(args, stage: str, name: str, arm: str, params: dict[str, Any], lpc: in
     fields = train_fields(arm, params, lpc=lpc, seed=seed, steps=args.steps, data=args.data,
                           val_per_class=args.val_per_class, eval_test=eval_test)
     return {"stage": stage, "name": name, "arm": arm, "params": params, "lpc": lpc, "seed": seed,
-            "steps": args.steps, "fields": fields, "key": h.ResultCache.key(tag, [fields]),
+            "steps": args.steps, "fields": fields, "key": harness.ResultCache.key(tag, [fields]),
             "results_dir": str(args.results_dir / stage), "run_dir": str(Path(args.work_dir) / stage / tag),
             "force": args.force}
 
@@ -206,13 +206,13 @@ def _probe_spec(args, name: str, params: dict[str, Any], seed: int) -> dict[str,
     fields = train_fields("sc", {**params, "mode": "pretrain"}, lpc=lpcs[0], seed=seed, steps=steps,
                           data=args.data, val_per_class=0, eval_test=False)
     return {"stage": "probe", "name": tag, "params": params, "lpcs": lpcs, "seed": seed, "steps": steps,
-            "fields": fields, "key": h.ResultCache.key(tag, [fields, {"probe_labels_per_class": lpcs}]),
+            "fields": fields, "key": harness.ResultCache.key(tag, [fields, {"probe_labels_per_class": lpcs}]),
             "results_dir": str(args.results_dir / "probe"), "run_dir": str(Path(args.work_dir) / "probe" / tag),
             "force": args.force}
 
 
 def _load(results_dir: Path, stage: str) -> list[dict[str, Any]]:
-    return h.ResultCache(results_dir / stage).records()
+    return harness.ResultCache(results_dir / stage).records()
 
 
 def _sc_params(**changes) -> dict[str, Any]:
@@ -461,13 +461,13 @@ def markdown_block(report: dict[str, Any]) -> str:
     if cfg.get("notes"):
         lines += [Path(cfg["notes"]).read_text().strip(), ""]
     lines += ["Commands:", "", "```", *cfg["commands"], "```"]
-    return h.results_block(report, "SC ablation (issue 8)", lines)
+    return harness.results_block(report, "SC ablation (issue 8)", lines)
 
 
 # -- main ------------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     rounds = "; ".join(f"{n} = {r['title']}" for n, r in ROUNDS.items())
-    ap = h.parser(__doc__, raw_description=True,
+    ap = harness.parser(__doc__, raw_description=True,
                   smoke="a few steps of search round 0, final and probe into a scratch results dir (CI, < 60 s)")
     ap.add_argument("--stage", choices=("search", "final", "probe", "report"), default="search",
                     help="search: one seed, val only; final: --seeds, test once; probe: linear probe SC vs random; "
@@ -538,9 +538,9 @@ def main(argv: list[str] | None = None) -> None:
             run_final(args)
         elif args.stage == "probe":
             run_probe(args)
-        report = {**h.report_header("sc_ablation", args), **summarize_results(args)}
+        report = {**harness.report_header("sc_ablation", args), **summarize_results(args)}
     report["elapsed_s"] = round(time.time() - t0, 1)
-    h.publish(report, args, "sc-ablation-issue8", markdown_block)
+    harness.publish(report, args, "sc-ablation-issue8", markdown_block)
 
 
 if __name__ == "__main__":
