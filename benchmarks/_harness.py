@@ -127,6 +127,24 @@ def set_run_dirs(args: argparse.Namespace, name: str, stack: contextlib.ExitStac
     args.runs_dir = args.runs_dir or ROOT / "runs" / name
 
 
+def run_arms(name: str, args: argparse.Namespace,
+             run_arm: Callable[[str, int, argparse.Namespace], dict[str, Any]]) -> tuple[dict[str, Any], list]:
+    """(report header, records) of a benchmark that trains ``args.arms`` x ``args.seeds``: threads set, run dirs
+    filled (temporary ones for ``--smoke``, removed after), ``run_arm(arm, seed, args)`` for every seed and arm."""
+    use_threads(args.threads)
+    with contextlib.ExitStack() as stack:
+        set_run_dirs(args, name, stack)
+        report = report_header(name, args)
+        return report, [run_arm(arm, seed, args) for seed in args.seeds for arm in args.arms]
+
+
+def runs_line(runs: Iterable[dict[str, Any]]) -> str:
+    """When each run of a report ran, and the load it met."""
+    return "Runs (date, 1-min load average at start / end of each run): " + "; ".join(
+        f"{r['arm']} seed {r['seed']}: {r.get('date', '?')}, {r.get('load_start', '?')} / {r.get('load_end', '?')}"
+        for r in runs) + "."
+
+
 def use_threads(threads: int) -> None:
     """torch threads, and OMP_NUM_THREADS for the processes (loader workers) this one starts."""
     os.environ["OMP_NUM_THREADS"] = str(threads)

@@ -10,6 +10,7 @@ of appending a second one.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -19,8 +20,8 @@ import re
 import shlex
 import statistics
 import sys
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,33 @@ class CpuMeter:
         wall = time.perf_counter() - self.wall
         foreign = (end_system - self.system) - (_own_cpu_seconds() - self.own)
         return round(max(0.0, foreign) / (wall * usable_cores()), 3) if wall > 0 else None
+
+
+@dataclass
+class Contention:
+    """How busy the machine was during each measured stretch: other processes' CPU share and the 1-min load."""
+
+    foreign: list[float] = field(default_factory=list)
+    loads: list[float] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def measure(self) -> Iterator[None]:
+        meter = CpuMeter.start()
+        yield
+        fraction = meter.foreign_cpu_fraction()
+        if fraction is not None:
+            self.foreign.append(fraction)
+        self.loads.append(load_average()[0])
+
+    def summary(self) -> dict[str, Any]:
+        return {"foreign_cpu_fraction": summarize(self.foreign, 3) if self.foreign else None,
+                "loadavg_1min": summarize(self.loads, 2)}
+
+
+def rotated(items: Sequence[Any], r: int) -> list[Any]:
+    """``items`` rotated by ``r``, so that round r of an interleaved measurement starts with item r."""
+    k = r % len(items)
+    return [*items[k:], *items[:k]]
 
 
 def wait_until_quiet(max_foreign: float, timeout_s: float, window_s: float = 3.0) -> float | None:

@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` and `_harness` when run as a script
 
 import _harness as harness
-from common import CpuMeter, load_average, markdown_table, mean_pm_std, summarize
+from common import Contention, markdown_table, mean_pm_std, rotated, summarize
 
 from sclearn import TrainConfig
 from sclearn import data as sc_data
@@ -44,7 +44,7 @@ CASES = harness.MODEL_CASES
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = harness.parser("Training-loader img/s vs model img/s (fwd+bwd+step); prints one JSON object.",
-                 smoke="tiny run for CI: batch 16, 3 batches/steps, 1 warm-up, 1 rep (use a small --data)")
+                       smoke="tiny run for CI: batch 16, 3 batches/steps, 1 warm-up, 1 rep (use a small --data)")
     p.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES), help=harness.describe_cases(CASES))
     p.add_argument("--modes", nargs="+", choices=["supervised", "joint"], default=["supervised", "joint"],
                    help="model steps to time (joint: batch labelled + 2*batch unlabelled images, CE + SC)")
@@ -112,18 +112,14 @@ def measure_case(name: str, args: argparse.Namespace, dsd) -> dict[str, Any]:
     steps = {m: harness.BareStep(train_config(name, args, m), splits.num_classes) for m in args.modes}
     kinds = [("loader", w) for w in args.num_workers] + [("model", m) for m in args.modes]
     raw: dict[str, list[dict[str, float]]] = {f"{k}:{v}": [] for k, v in kinds}
-    foreign, loads = [], []
+    contention = Contention()
     for rep in range(args.reps):
-        order = kinds[rep % len(kinds):] + kinds[: rep % len(kinds)]
-        meter = CpuMeter.start()
-        for kind, v in order:
-            print(f"[data_throughput] {name} rep {rep + 1}/{args.reps}: {kind} {v}", file=sys.stderr)
-            r = time_loader(loaders[v], args, epoch=rep) if kind == "loader" else time_model(steps[v], batches[v], args)
-            raw[f"{kind}:{v}"].append(r)
-        f = meter.foreign_cpu_fraction()
-        if f is not None:
-            foreign.append(f)
-        loads.append(load_average()[0])
+        with contention.measure():
+            for kind, v in rotated(kinds, rep):
+                print(f"[data_throughput] {name} rep {rep + 1}/{args.reps}: {kind} {v}", file=sys.stderr)
+                r = time_loader(loaders[v], args, epoch=rep) if kind == "loader" else time_model(steps[v], batches[v],
+                                                                                                 args)
+                raw[f"{kind}:{v}"].append(r)
     for loader in loaders.values():  # shut persistent workers down
         loader._iterator = None
     loader_stats = {str(w): {"img_per_s": summarize([r["img_per_s"] for r in raw[f"loader:{w}"]], 1),
@@ -137,8 +133,7 @@ def measure_case(name: str, args: argparse.Namespace, dsd) -> dict[str, Any]:
               for w in args.num_workers for m in args.modes}
     return {"case": name, "backbone": cfg.backbone, "channels": cfg.channels,
             "image_size": cfg.image_size or int(x.shape[-1]), "loader": loader_stats, "model": model_stats,
-            "ratio_loader_over_model": ratios, "foreign_cpu_fraction": summarize(foreign, 3) if foreign else None,
-            "loadavg_1min": summarize(loads, 2)}
+            "ratio_loader_over_model": ratios, **contention.summary()}
 
 
 def markdown_block(report: dict[str, Any]) -> str:

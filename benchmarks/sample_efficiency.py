@@ -49,7 +49,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -73,8 +72,8 @@ def stage_seconds(summary: dict[str, Any]) -> float:
 # -- the protocol --------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = harness.parser("Table-2 protocol on Fashion-MNIST: supervised on few labels vs two-stage SC vs joint SC vs "
-                 "supervised on all labels; prints one JSON object.",
-                 smoke="tiny run for CI: 3 steps, batch 16, 10 labels/class, seed 0 (use a small --data)")
+                       "supervised on all labels; prints one JSON object.",
+                       smoke="tiny run for CI: 3 steps, batch 16, 10 labels/class, seed 0 (use a small --data)")
     harness.add_run_flags(p, "sample_efficiency", arms=ARMS, seeds_help="seeds (label subset, init, order)")
     p.add_argument("--labels-per-class", type=int, default=400, help="labelled images per class (Table 2: 400)")
     p.add_argument("--steps", type=int, default=3000,
@@ -272,9 +271,7 @@ def markdown_block(report: dict[str, Any]) -> str:
         *(["", f"Gap closed: {agg['gap_closed_note']}."] if agg["gap_closed_note"] else []),
         *harness.note_lines(cfg.get("notes")),
         "",
-        "Runs (date, 1-min load average at start / end of each run): " + "; ".join(
-            f"{r['arm']} seed {r['seed']}: {r.get('date', '?')}, {r.get('load_start', '?')} / {r.get('load_end', '?')}"
-            for r in report["runs"]) + ".",
+        harness.runs_line(report["runs"]),
         "",
         (f"Projected full protocol ({proj['steps']} steps, pre-training {proj['pretrain_steps']}, "
          f"{proj['seeds']} seed(s)): {proj['total_minutes']} min ({proj['minutes_per_seed']} min per seed)."),
@@ -283,15 +280,11 @@ def markdown_block(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    harness.use_threads(args.threads)
-    with contextlib.ExitStack() as stack:
-        harness.set_run_dirs(args, "sample_efficiency", stack)
-        report = harness.report_header("sample_efficiency", args)
-        results = [run_arm(arm, seed, args) for seed in args.seeds for arm in args.arms]
-        report["runs"] = [{k: v for k, v in r.items() if k != "stages"} | {
-            "stages": {n: {k: v for k, v in s.items() if k not in ("config", "results")} for n, s in r["stages"].items()}}
-            for r in results]
-        report["aggregate"] = aggregate(results, args)
+    report, results = harness.run_arms("sample_efficiency", args, run_arm)
+    report["runs"] = [{k: v for k, v in r.items() if k != "stages"} | {
+        "stages": {n: {k: v for k, v in s.items() if k not in ("config", "results")} for n, s in r["stages"].items()}}
+        for r in results]
+    report["aggregate"] = aggregate(results, args)
     harness.publish(report, args, "sample_efficiency", markdown_block)
     return 0
 

@@ -179,7 +179,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     """The record of one spec (read back from the cache unless --force). Runs in a worker process."""
     compute = probe_arm if spec["stage"] == "probe" else train_arm
     return harness.ResultCache(spec["results_dir"]).run(spec["key"], lambda: compute(spec), reuse=not spec["force"],
-                                                  label="sc_ablation")
+                                                        label="sc_ablation")
 
 
 def _run_all(specs: list[dict[str, Any]], jobs: int) -> list[dict[str, Any]]:
@@ -468,7 +468,7 @@ def markdown_block(report: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     rounds = "; ".join(f"{n} = {r['title']}" for n, r in ROUNDS.items())
     ap = harness.parser(__doc__, raw_description=True,
-                  smoke="a few steps of search round 0, final and probe into a scratch results dir (CI, < 60 s)")
+                        smoke="a few steps of search round 0, final and probe into a scratch results dir (CI, < 60 s)")
     ap.add_argument("--stage", choices=("search", "final", "probe", "report"), default="search",
                     help="search: one seed, val only; final: --seeds, test once; probe: linear probe SC vs random; "
                          "report: only summarise the JSON already in --results-dir")

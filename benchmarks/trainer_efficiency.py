@@ -53,7 +53,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` and `_harness` when run as a script
 
 import _harness as harness
-from common import CpuMeter, load_average, markdown_table, mean_pm_std, summarize
+from common import Contention, markdown_table, mean_pm_std, summarize
 
 from sclearn import TrainConfig, Trainer
 from sclearn import data as sc_data
@@ -63,9 +63,9 @@ CASES = harness.MODEL_CASES
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = harness.parser("Trainer img/s over a bare PyTorch loop's img/s on the same model, data, batch and steps; "
-                 "prints one JSON object.",
-                 smoke="tiny run for CI: batch 16, 1 warm-up + 3 measured steps, 1 rep, 10 labels/class (use with "
-                 "a small --data, e.g. the tests' IDX fixture)")
+                       "prints one JSON object.",
+                       smoke="tiny run for CI: batch 16, 1 warm-up + 3 measured steps, 1 rep, 10 labels/class (use with "
+                       "a small --data, e.g. the tests' IDX fixture)")
     p.add_argument("--cases", nargs="+", choices=list(CASES), default=["sc_mnist"],
                    help="models: " + harness.describe_cases(CASES))
     p.add_argument("--modes", nargs="+", choices=["supervised", "joint"], default=["supervised", "joint"],
@@ -154,7 +154,7 @@ class BareLoop:
         self.opt = self.train_step.opt
         if mode == "joint":  # the joint step is driven by the unlabelled loader; the labelled one cycles
             driver = harness.loader(cfg, splits, splits.unlabeled, train=True, batch_size=cfg.unlabeled_batch_size,
-                              drop_last=True)
+                                    drop_last=True)
             self.labeled = sc_data.cycle(harness.loader(cfg, splits, splits.labeled, train=True, drop_last=True))
         else:
             driver = harness.loader(cfg, splits, splits.labeled, train=True)
@@ -261,8 +261,7 @@ def run_trainer(case: str, mode: str, args: argparse.Namespace, profile: cProfil
 # -- measurement ---------------------------------------------------------------------------------------------
 def measure(case: str, mode: str, args: argparse.Namespace, data: Data) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {"bare": [], "trainer": []}
-    foreign: list[float] = []
-    loads: list[float] = []
+    contention = Contention()
     step_ratios: list[float] = []
 
     def add(side: str, r: dict[str, Any]) -> None:
@@ -274,25 +273,17 @@ def measure(case: str, mode: str, args: argparse.Namespace, data: Data) -> dict[
         if args.interleave == "step":
             print(f"[trainer_efficiency] {case}/{mode} rep {rep + 1}/{args.reps}: interleaved steps",
                   file=sys.stderr)
-            meter = CpuMeter.start()
-            both = run_interleaved(case, mode, args, data)
+            with contention.measure():
+                both = run_interleaved(case, mode, args, data)
             add("bare", both["bare"])
             add("trainer", both["trainer"])
             step_ratios += both["step_ratios"]
-            f = meter.foreign_cpu_fraction()
-            if f is not None:
-                foreign.append(f)
-            loads.append(load_average()[0])
             continue
         order = ("bare", "trainer") if rep % 2 == 0 else ("trainer", "bare")
         for side in order:
             print(f"[trainer_efficiency] {case}/{mode} rep {rep + 1}/{args.reps}: {side}", file=sys.stderr)
-            meter = CpuMeter.start()
-            add(side, run_bare(case, mode, args, data) if side == "bare" else run_trainer(case, mode, args))
-            f = meter.foreign_cpu_fraction()
-            if f is not None:
-                foreign.append(f)
-            loads.append(load_average()[0])
+            with contention.measure():
+                add(side, run_bare(case, mode, args, data) if side == "bare" else run_trainer(case, mode, args))
     ratio_wall = [t["img_per_s_wall"] / b["img_per_s_wall"] for b, t in zip(runs["bare"], runs["trainer"])]
     ratio_cpu = [t["img_per_s_cpu"] / b["img_per_s_cpu"] for b, t in zip(runs["bare"], runs["trainer"])]
     logged = [statistics.median(r["logged_img_per_s"][1:]) for r in runs["trainer"]
@@ -312,8 +303,7 @@ def measure(case: str, mode: str, args: argparse.Namespace, data: Data) -> dict[
         "trainer_setup_s": summarize([r["setup_s"] for r in runs["trainer"] if "setup_s" in r] or [0.0], 2),
         "trainer_after_last_step_s": summarize([r["after_last_step_s"] for r in runs["trainer"]
                                                 if "after_last_step_s" in r] or [0.0], 3),
-        "foreign_cpu_fraction": summarize(foreign, 3) if foreign else None,
-        "loadavg_1min": summarize(loads, 2),
+        **contention.summary(),
     }
 
 
