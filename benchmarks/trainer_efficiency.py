@@ -45,6 +45,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +189,20 @@ def run_bare(case: str, mode: str, args: argparse.Namespace, data: Data, profile
     return {"wall_s": wall, "cpu_s": cpu, "images": images}
 
 
+@contextlib.contextmanager
+def scratch_trainer(case: str, mode: str, args: argparse.Namespace, steps: int) -> Iterator[tuple[Trainer, float]]:
+    """(Trainer of ``steps`` steps in a temporary run dir, its set-up seconds); its prints go to stderr. The
+    steps must fit in one epoch, so that no epoch end falls inside a measured window."""
+    with tempfile.TemporaryDirectory(prefix="sclearn-eff-") as out, contextlib.redirect_stdout(sys.stderr):
+        start = time.perf_counter()
+        trainer = Trainer(train_config(case, mode, args, output_dir=out, steps=steps))
+        setup_s = time.perf_counter() - start
+        if trainer._steps_per_epoch(mode) < steps:
+            raise ValueError(f"{trainer._steps_per_epoch(mode)} steps per epoch < {steps}: the window would cross "
+                             "an epoch end")
+        yield trainer, setup_s
+
+
 def run_interleaved(case: str, mode: str, args: argparse.Namespace, data: Data) -> dict[str, Any]:
     """Trainer steps and bare steps alternating one by one, inside one ``Trainer.fit``.
 
@@ -209,10 +224,7 @@ def run_interleaved(case: str, mode: str, args: argparse.Namespace, data: Data) 
         times["bare"].append((w2 - w, c2 - c))
         resume["wall"], resume["cpu"] = time.perf_counter(), time.process_time()
 
-    with tempfile.TemporaryDirectory(prefix="sclearn-eff-") as out, contextlib.redirect_stdout(sys.stderr):
-        trainer = Trainer(train_config(case, mode, args, output_dir=out, steps=total))
-        if trainer._steps_per_epoch(mode) < total:
-            raise ValueError("the trainer's epoch is shorter than the run: the window would cross an epoch end")
+    with scratch_trainer(case, mode, args, total) as (trainer, _):
         handle = trainer.optimizers[mode].optimizer.register_step_post_hook(hook)
         trainer.fit()
         handle.remove()
@@ -230,15 +242,8 @@ def run_interleaved(case: str, mode: str, args: argparse.Namespace, data: Data) 
 def run_trainer(case: str, mode: str, args: argparse.Namespace, profile: cProfile.Profile | None = None
                 ) -> dict[str, Any]:
     """``Trainer.fit`` timed by a step hook on its optimizer; the run dir is a temporary directory."""
-    total = args.warmup + args.steps
-    with tempfile.TemporaryDirectory(prefix="sclearn-eff-") as out, contextlib.redirect_stdout(sys.stderr):
-        cfg = train_config(case, mode, args, output_dir=out, steps=total)
-        setup_start = time.perf_counter()
-        trainer = Trainer(cfg)
-        setup_s = time.perf_counter() - setup_start
-        steps_per_epoch = trainer._steps_per_epoch(mode)
-        if steps_per_epoch < total:
-            raise ValueError(f"{steps_per_epoch} steps per epoch < {total}: the window would cross an epoch end")
+    with scratch_trainer(case, mode, args, args.warmup + args.steps) as (trainer, setup_s):
+        cfg = trainer.config
         clock = StepClock(trainer.optimizers[mode].optimizer)  # the torch SGD inside accelerate's wrapper
         fit_start = time.perf_counter()
         with profile if profile is not None else contextlib.nullcontext():
@@ -247,7 +252,7 @@ def run_trainer(case: str, mode: str, args: argparse.Namespace, profile: cProfil
         clock.remove()
         wall, cpu = clock.window(args.warmup, args.steps)
         after_last_step_s = fit_start + fit_s - clock.wall[-1]  # epoch end (checkpoint), export, figures
-        logged = [json.loads(line) for line in Path(out, "metrics.jsonl").read_text().splitlines()]
+        logged = [json.loads(line) for line in (trainer.output_dir / "metrics.jsonl").read_text().splitlines()]
     per_step = args.batch_size + (cfg.unlabeled_batch_size if mode == "joint" else 0)
     windows = [r["img_per_s"] for r in logged if "img_per_s" in r]
     return {
@@ -365,8 +370,7 @@ def profile_case(case: str, mode: str, args: argparse.Namespace, data: Data) -> 
 def epoch_end_cost(args: argparse.Namespace) -> dict[str, Any]:
     """The epoch-end checkpoint (model + optimizer + scheduler + RNG via accelerate.save_state), timed alone."""
     times = []
-    with tempfile.TemporaryDirectory(prefix="sclearn-eff-ckpt-") as out, contextlib.redirect_stdout(sys.stderr):
-        trainer = Trainer(train_config(args.cases[0], "supervised", args, out, steps=1))
+    with scratch_trainer(args.cases[0], "supervised", args, 1) as (trainer, _):
         for _ in range(3 if args.smoke else 5):
             t = time.perf_counter()
             trainer.checkpoints.save(trainer.state)
