@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -127,15 +128,29 @@ def set_run_dirs(args: argparse.Namespace, name: str, stack: contextlib.ExitStac
     args.runs_dir = args.runs_dir or ROOT / "runs" / name
 
 
-def run_arms(name: str, args: argparse.Namespace,
-             run_arm: Callable[[str, int, argparse.Namespace], dict[str, Any]]) -> tuple[dict[str, Any], list]:
-    """(report header, records) of a benchmark that trains ``args.arms`` x ``args.seeds``: threads set, run dirs
-    filled (temporary ones for ``--smoke``, removed after), ``run_arm(arm, seed, args)`` for every seed and arm."""
+Runs = list[tuple[str, dict[str, Any]]]  # the (name, TrainConfig fields) of an arm's Trainer runs, in order
+
+
+def run_arms(name: str, args: argparse.Namespace, runs_of: Callable[[str, argparse.Namespace, int], Runs],
+             train: Callable[[str, int, Runs, Path, argparse.Namespace], dict[str, Any]]
+             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(report header, records) of a benchmark that trains ``args.arms`` x ``args.seeds`` through the Trainer.
+
+    Threads set, run dirs filled (temporary ones for ``--smoke``, removed after); per seed and arm the record
+    cached under the hash of ``runs_of(arm, args, seed)``, else ``train(arm, seed, runs, run_dir, args)`` in
+    ``<runs_dir>/<key>``, read back with ``--resume``.
+    """
     use_threads(args.threads)
     with contextlib.ExitStack() as stack:
         set_run_dirs(args, name, stack)
-        report = report_header(name, args)
-        return report, [run_arm(arm, seed, args) for seed in args.seeds for arm in args.arms]
+        report, cache, records = report_header(name, args), ResultCache(args.results_dir), []
+        for seed in args.seeds:
+            for arm in args.arms:
+                runs = runs_of(arm, args, seed)
+                key = cache.key(f"{arm}_seed{seed}", [fields for _, fields in runs])
+                compute = functools.partial(train, arm, seed, runs, args.runs_dir / key, args)
+                records.append(cache.run(key, compute, reuse=args.resume, label=name))
+        return report, records
 
 
 def runs_line(runs: Iterable[dict[str, Any]]) -> str:

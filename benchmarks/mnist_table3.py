@@ -79,7 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def arm_fields(arm: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:
+def arm_runs(arm: str, args: argparse.Namespace, seed: int) -> harness.Runs:
+    """The arm's one Trainer run (two_stage runs both stages in it)."""
     patch = int(args.patch_size) if float(args.patch_size).is_integer() else args.patch_size
     base = {
         "data": args.data, "protocol": "mnist", "labels_per_class": None, "backbone": "sc_mnist",
@@ -91,20 +92,13 @@ def arm_fields(arm: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "report_to": "none", "progress": False,
     }
     if arm == "no_init":
-        return {**base, "mode": "supervised", "lr": args.sup_lr}
-    return {**base, "mode": "two_stage", "lr": args.finetune_lr, "pretrain_lr": args.pretrain_lr,
-            "patch_size": patch, **args.sc_args}
+        return [("run", {**base, "mode": "supervised", "lr": args.sup_lr})]
+    return [("run", {**base, "mode": "two_stage", "lr": args.finetune_lr, "pretrain_lr": args.pretrain_lr,
+                     "patch_size": patch, **args.sc_args})]
 
 
-def run_arm(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    fields = arm_fields(arm, args, seed)
-    cache = harness.ResultCache(args.results_dir)
-    key = cache.key(f"{arm}_seed{seed}", [fields])
-    return cache.run(key, lambda: train_arm(arm, seed, fields, args.runs_dir / key, args), reuse=args.resume,
-                     label="mnist_table3")
-
-
-def train_arm(arm: str, seed: int, fields: dict[str, Any], run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+def train_arm(arm: str, seed: int, runs: harness.Runs, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    ((_, fields),) = runs
     start = time.perf_counter()
     date, load_start = now_utc(), load_average()[0]
     summary = harness.train_once(fields, run_dir, resume=args.resume)
@@ -203,7 +197,7 @@ def markdown_block(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    report, results = harness.run_arms("mnist_table3", args, run_arm)
+    report, results = harness.run_arms("mnist_table3", args, arm_runs, train_arm)
     report["runs"] = [{k: v for k, v in r.items() if k != "config"} for r in results]
     report["arms"] = {}
     for arm in args.arms:

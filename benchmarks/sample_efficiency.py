@@ -117,7 +117,7 @@ def base_fields(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     }
 
 
-def arm_runs(arm: str, args: argparse.Namespace, seed: int) -> list[tuple[str, dict[str, Any]]]:
+def arm_runs(arm: str, args: argparse.Namespace, seed: int) -> harness.Runs:
     """The (name, TrainConfig fields) of the Trainer runs of one arm and seed, in order."""
     base = {**base_fields(args, seed), **args.common_args}
     lab = {"labels_per_class": args.labels_per_class}
@@ -133,16 +133,7 @@ def arm_runs(arm: str, args: argparse.Namespace, seed: int) -> list[tuple[str, d
     return [("pretrain", pre), ("finetune", fine)]
 
 
-def run_arm(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    runs = arm_runs(arm, args, seed)
-    cache = harness.ResultCache(args.results_dir)
-    key = cache.key(f"{arm}_seed{seed}", [f for _, f in runs])
-    return cache.run(key, lambda: train_arm(arm, seed, key, runs, args), reuse=args.resume,
-                     label="sample_efficiency")
-
-
-def train_arm(arm: str, seed: int, key: str, runs: list[tuple[str, dict[str, Any]]],
-              args: argparse.Namespace) -> dict[str, Any]:
+def train_arm(arm: str, seed: int, runs: harness.Runs, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The result record of one arm and seed: its Trainer runs in order, a fine-tune from the pre-training."""
     start = time.perf_counter()
     out: dict[str, Any] = {"arm": arm, "seed": seed, "date": now_utc(), "load_start": load_average()[0], "stages": {}}
@@ -150,10 +141,9 @@ def train_arm(arm: str, seed: int, key: str, runs: list[tuple[str, dict[str, Any
     for name, fields in runs:
         if fields.get("init_from") == "<pretrain run>":
             fields = {**fields, "init_from": str(previous)}
-        run_dir = args.runs_dir / key / name
-        summary = harness.train_once(fields, run_dir, resume=args.resume)
+        summary = harness.train_once(fields, run_dir / name, resume=args.resume)
         stage = fields["mode"]
-        loop = harness.loop_timing(run_dir, fields).get(stage, {"loop_s": 0.0, "s_per_step": None})
+        loop = harness.loop_timing(run_dir / name, fields).get(stage, {"loop_s": 0.0, "s_per_step": None})
         out["stages"][name] = {
             "mode": stage, "steps": summary.get("global_steps") or 0, "train_s": round(stage_seconds(summary), 2),
             "loop_s": loop["loop_s"], "s_per_step": loop["s_per_step"],
@@ -164,7 +154,7 @@ def train_arm(arm: str, seed: int, key: str, runs: list[tuple[str, dict[str, Any
             "results": summary.get("stages"),
             "config": {k: v for k, v in fields.items() if k not in ("data",)},
         }
-        previous = run_dir
+        previous = run_dir / name
     final = out["stages"][runs[-1][0]]
     out["test_acc"] = final["test_acc"]
     out["test_err_pct"] = round(100 * (1 - final["test_acc"]), 3) if final["test_acc"] is not None else None
@@ -280,7 +270,7 @@ def markdown_block(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    report, results = harness.run_arms("sample_efficiency", args, run_arm)
+    report, results = harness.run_arms("sample_efficiency", args, arm_runs, train_arm)
     report["runs"] = [{k: v for k, v in r.items() if k != "stages"} | {
         "stages": {n: {k: v for k, v in s.items() if k not in ("config", "results")} for n, s in r["stages"].items()}}
         for r in results]

@@ -81,7 +81,7 @@ def test_mnist_table3_finds_its_committed_seed() -> None:
     args = t3.parse_args(["--seeds", "0"])  # idx:data/mnist, in whichever checkout this is
     cache = harness.ResultCache(BENCH / "mnist_table3_results")
     for arm in t3.ARMS:
-        key = cache.key(f"{arm}_seed0", [t3.arm_fields(arm, args, 0)])
+        key = cache.key(f"{arm}_seed0", [f for _, f in t3.arm_runs(arm, args, 0)])
         assert cache.get(key) is not None, key
 
 
