@@ -103,8 +103,8 @@ def add_run_flags(p: argparse.ArgumentParser, name: str, *, arms: Sequence[str],
     p.add_argument("--model-kwargs", type=json_object, default={},
                    help="JSON kwargs for timm.create_model('sc_mnist'), every arm, e.g. '{\"logit_act\": false}'")
     p.add_argument("--sc-args", type=json_object, default={},
-                   help="JSON TrainConfig fields for the SC runs, e.g. '{\"distance\": \"cosine\", \"temperature\": "
-                   "0.2, \"pool\": \"mean\", \"patch_size\": 3}'")
+                   help="JSON TrainConfig fields for the SC runs, e.g. '{\"distance\": \"cosine\", "
+                   "\"temperature\": 0.2, \"pool\": \"mean\", \"patch_size\": 3}'")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (and OMP_NUM_THREADS)")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
     p.add_argument("--results-dir", type=Path, default=None,
@@ -191,8 +191,8 @@ def config_hash(configs: Sequence[dict[str, Any]]) -> str:
     """8 hex digits over every field of ``configs`` (TrainConfig keyword dicts, in order) that changes what the
     run computes. Only the fields given are hashed, so a new TrainConfig field left at its default keeps
     every earlier key."""
-    keep = [{k: portable(v) if k == "data" and isinstance(v, str) else v for k, v in c.items() if k not in NOT_HASHED}
-            for c in configs]
+    keep = [{k: portable(v) if k == "data" and isinstance(v, str) else v
+             for k, v in c.items() if k not in NOT_HASHED} for c in configs]
     return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
@@ -258,7 +258,8 @@ def train_once(fields: dict[str, Any], run_dir: Path, *, resume: bool) -> dict[s
         trainer = Trainer(cfg)
         setup_s = time.perf_counter() - start
         summary = trainer.fit()
-    timing = {"total_s": round(time.perf_counter() - start, 2), "setup_s": round(setup_s, 2), "continued": continued}
+    timing = {"total_s": round(time.perf_counter() - start, 2), "setup_s": round(setup_s, 2),
+              "continued": continued}
     timing_path.write_text(json.dumps(timing))
     return {**summary, **timing, "reused": False}
 

@@ -45,7 +45,8 @@ CASES = harness.MODEL_CASES
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = harness.parser("Training-loader img/s vs model img/s (fwd+bwd+step); prints one JSON object.",
                        smoke="tiny run for CI: batch 16, 3 batches/steps, 1 warm-up, 1 rep (use a small --data)")
-    p.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES), help=harness.describe_cases(CASES))
+    p.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES),
+                   help=harness.describe_cases(CASES))
     p.add_argument("--modes", nargs="+", choices=["supervised", "joint"], default=["supervised", "joint"],
                    help="model steps to time (joint: batch labelled + 2*batch unlabelled images, CE + SC)")
     p.add_argument("--num-workers", type=int, nargs="+", default=[0, 2], help="loader worker counts to time")
@@ -117,8 +118,8 @@ def measure_case(name: str, args: argparse.Namespace, dsd) -> dict[str, Any]:
         with contention.measure():
             for kind, v in rotated(kinds, rep):
                 print(f"[data_throughput] {name} rep {rep + 1}/{args.reps}: {kind} {v}", file=sys.stderr)
-                r = time_loader(loaders[v], args, epoch=rep) if kind == "loader" else time_model(steps[v], batches[v],
-                                                                                                 args)
+                r = (time_loader(loaders[v], args, epoch=rep) if kind == "loader"
+                     else time_model(steps[v], batches[v], args))
                 raw[f"{kind}:{v}"].append(r)
     for loader in loaders.values():  # shut persistent workers down
         loader._iterator = None

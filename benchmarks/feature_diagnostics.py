@@ -45,7 +45,8 @@ from sclearn.backbones import build_backbone, load_backbone_weights
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = harness.parser(__doc__.splitlines()[0], smoke="a few images, for CI", data_help="data source (its test split is used)")
+    p = harness.parser(__doc__.splitlines()[0], smoke="a few images, for CI",
+                       data_help="data source (its test split is used)")
     p.add_argument("--weights", nargs="*", default=[], help="backbone .safetensors files (sclearn exports)")
     p.add_argument("--model", default="sc_mnist", help="timm model name the weights belong to")
     p.add_argument("--layer", default="stages.1", help="layer whose (B, C, H, W) output is measured")

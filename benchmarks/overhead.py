@@ -88,8 +88,8 @@ CASES: dict[str, Case] = {
 
 # -- argument parsing ----------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = harness.parser("Time a joint CE+SC training step against a plain CE step (paired, interleaved) and print one "
-                       "JSON object with machine, config and per-case results.", data=None,
+    p = harness.parser("Time a joint CE+SC training step against a plain CE step (paired, interleaved) and print "
+                       "one JSON object with machine, config and per-case results.", data=None,
                        smoke=f"tiny run for CI: batch {SMOKE_BATCH}, 2 measured rounds, 1 warm-up round (explicit "
                        "--batch-size/--steps/--warmup still win)")
     p.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES),

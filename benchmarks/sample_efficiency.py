@@ -111,7 +111,8 @@ def base_fields(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "data": args.data, "backbone": "sc_mnist", "layers": ("stages.1",),
         "model_kwargs": dict(args.model_kwargs), "channels": 1, "image_size": None,
         "translate": args.translate, "hflip": args.hflip, "batch_size": args.batch_size,
-        "epochs": harness.BIG, "pretrain_epochs": harness.BIG, "max_steps": args.steps, "eval_every": harness.BIG, "eval_test": True,
+        "epochs": harness.BIG, "pretrain_epochs": harness.BIG, "max_steps": args.steps, "eval_every": harness.BIG,
+        "eval_test": True,
         "seed": seed, "split_seed": seed, "num_workers": args.num_workers, "checkpoint_every": 500,
         "log_every": 50, "report_to": "none", "progress": False,
     }
@@ -136,7 +137,8 @@ def arm_runs(arm: str, args: argparse.Namespace, seed: int) -> harness.Runs:
 def train_arm(arm: str, seed: int, runs: harness.Runs, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The result record of one arm and seed: its Trainer runs in order, a fine-tune from the pre-training."""
     start = time.perf_counter()
-    out: dict[str, Any] = {"arm": arm, "seed": seed, "date": now_utc(), "load_start": load_average()[0], "stages": {}}
+    out: dict[str, Any] = {"arm": arm, "seed": seed, "date": now_utc(), "load_start": load_average()[0],
+                           "stages": {}}
     previous: Path | None = None
     for name, fields in runs:
         if fields.get("init_from") == "<pretrain run>":
@@ -271,8 +273,8 @@ def markdown_block(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     report, results = harness.run_arms("sample_efficiency", args, arm_runs, train_arm)
-    report["runs"] = [{k: v for k, v in r.items() if k != "stages"} | {
-        "stages": {n: {k: v for k, v in s.items() if k not in ("config", "results")} for n, s in r["stages"].items()}}
+    report["runs"] = [{**{k: v for k, v in r.items() if k != "stages"}, "stages": {
+        n: {k: v for k, v in s.items() if k not in ("config", "results")} for n, s in r["stages"].items()}}
         for r in results]
     report["aggregate"] = aggregate(results, args)
     harness.publish(report, args, "sample_efficiency", markdown_block)

@@ -166,7 +166,8 @@ def probe_arm(spec: dict[str, Any]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for lpc in spec["lpcs"]:
         splits = sc_data.semi_supervised_splits(dsd, labels_per_class=lpc, seed=spec["seed"])
-        train, test = (harness.loader(cfg, splits, ds, train=False, batch_size=256) for ds in (splits.labeled, splits.test))
+        train, test = (harness.loader(cfg, splits, ds, train=False, batch_size=256)
+                       for ds in (splits.labeled, splits.test))
         results[str(lpc)] = {name: probe_representation(net, PROBE_LAYER, train, test, pool=PROBE_POOL)
                              for name, net in (("random", random_net), ("sc", sc_net))}
     return {"name": spec["name"], "stage": "probe", "seed": spec["seed"], "pretrain_steps": spec["steps"],
@@ -275,7 +276,8 @@ def run_round(args, number: int) -> None:
                          "round-1 runs: run --stage search (--round 1) first, or pass --base-steps")
     sel = selection(args.results_dir, seed, steps=args.base_steps or r1_steps[0])
     sup_head = sel["heads"]["supervised"]
-    base = {k: v for k, v in sel["sc_params"].items() if k not in rnd.get("base_drop", ())} | rnd.get("base_set", {})
+    base = {**{k: v for k, v in sel["sc_params"].items() if k not in rnd.get("base_drop", ())},
+            **rnd.get("base_set", {})}
     specs = []
     if rnd.get("references"):
         specs += [_spec(args, "search", f"r0_sup_{sup_head}", "supervised", {"head": sup_head}, lpc, seed, False),
@@ -404,8 +406,8 @@ def summarize_results(args) -> dict[str, Any]:
 
 
 def _pct_rows(entry_name: str, arms: list[dict[str, Any]]) -> list[str]:
-    return [f"- {entry_name} {a['name']}: " + ", ".join(f"seed {s}: {100 * t:.2f}" for s, t in zip(a["seeds"], a["test"]))
-            for a in arms if a]
+    return [f"- {entry_name} {a['name']}: "
+            + ", ".join(f"seed {s}: {100 * t:.2f}" for s, t in zip(a["seeds"], a["test"])) for a in arms if a]
 
 
 def markdown_block(report: dict[str, Any]) -> str:
@@ -430,12 +432,13 @@ def markdown_block(report: dict[str, Any]) -> str:
     finals = sorted(report["final"].items(), key=lambda kv: int(kv[0][3:]))
     if finals:
         lines += ["### Final (test accuracy, %, mean ± std over seeds)", ""]
-        rows = [(key[3:], f"{(entry['supervised'] or {}).get('name')}: {_ms((entry['supervised'] or {}).get('test', []))}",
-                 f"{sc['name']}: {_ms(sc['test'])}", sc.get("gain_pt"), sc.get("per_seed_gain_pt"),
-                 sc.get("two_std_pt"), sc.get("criterion_met"), sc["seeds"],
-                 f"{statistics.mean((entry['supervised'] or {}).get('wall_s', [0])):.0f} / "
-                 f"{statistics.mean(sc['wall_s']):.0f}")
-                for key, entry in finals for sc in entry["sc_configs"].values()]
+        rows = []
+        for key, entry in finals:
+            sup = entry["supervised"] or {}
+            rows += [(key[3:], f"{sup.get('name')}: {_ms(sup.get('test', []))}", f"{sc['name']}: {_ms(sc['test'])}",
+                      sc.get("gain_pt"), sc.get("per_seed_gain_pt"), sc.get("two_std_pt"), sc.get("criterion_met"),
+                      sc["seeds"], f"{statistics.mean(sup.get('wall_s', [0])):.0f} / {statistics.mean(sc['wall_s']):.0f}")
+                     for sc in entry["sc_configs"].values()]
         lines += [markdown_table(["labels/class", "supervised only", "SC config", "gain (pt)", "gain per seed (pt)",
                                   "2·std (pt)", "SC > sup by > 2 std", "seeds", "wall s / run (sup / SC)"], rows), ""]
         lines += ["Per-seed test accuracies:", ""]
@@ -447,7 +450,8 @@ def markdown_block(report: dict[str, Any]) -> str:
         lines += ["### Linear probe on frozen `stages.1` features (test accuracy, %)", ""]
         rows = [(k.split("|")[0], k.split("|lpc")[1], _ms(d["random"]), _ms(d["sc"]), _ms(d["random_knn"]),
                  _ms(d["sc_knn"]), len(d["sc"]))
-                for k, d in sorted(probes.items(), key=lambda kv: (kv[0].split("|")[0], int(kv[0].split("|lpc")[1])))]
+                for k, d in sorted(probes.items(), key=lambda kv: (kv[0].split("|")[0],
+                                                                   int(kv[0].split("|lpc")[1])))]
         lines += [markdown_table(["probe run", "labels/class", "random init (linear)", "SC pre-trained (linear)",
                                   "random (kNN)", "SC (kNN)", "seeds"], rows), ""]
         for name in dict.fromkeys(k.split("|")[0] for k in probes):
@@ -468,7 +472,8 @@ def markdown_block(report: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     rounds = "; ".join(f"{n} = {r['title']}" for n, r in ROUNDS.items())
     ap = harness.parser(__doc__, raw_description=True,
-                        smoke="a few steps of search round 0, final and probe into a scratch results dir (CI, < 60 s)")
+                        smoke="a few steps of search round 0, final and probe into a scratch results dir (CI, "
+                        "< 60 s)")
     ap.add_argument("--stage", choices=("search", "final", "probe", "report"), default="search",
                     help="search: one seed, val only; final: --seeds, test once; probe: linear probe SC vs random; "
                          "report: only summarise the JSON already in --results-dir")

@@ -65,8 +65,8 @@ CASES = harness.MODEL_CASES
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = harness.parser("Trainer img/s over a bare PyTorch loop's img/s on the same model, data, batch and steps; "
                        "prints one JSON object.",
-                       smoke="tiny run for CI: batch 16, 1 warm-up + 3 measured steps, 1 rep, 10 labels/class (use with "
-                       "a small --data, e.g. the tests' IDX fixture)")
+                       smoke="tiny run for CI: batch 16, 1 warm-up + 3 measured steps, 1 rep, 10 labels/class "
+                       "(use with a small --data, e.g. the tests' IDX fixture)")
     p.add_argument("--cases", nargs="+", choices=list(CASES), default=["sc_mnist"],
                    help="models: " + harness.describe_cases(CASES))
     p.add_argument("--modes", nargs="+", choices=["supervised", "joint"], default=["supervised", "joint"],
@@ -124,7 +124,8 @@ def train_config(case: str, mode: str, args: argparse.Namespace, output_dir: str
         data=args.data, **CASES[case], mode=mode, batch_size=args.batch_size, unlabeled_ratio=args.unlabeled_ratio,
         labels_per_class=args.labels_per_class if mode == "joint" else None, epochs=1, max_steps=steps,
         num_workers=args.num_workers, seed=args.seed, split_seed=args.seed, output_dir=output_dir,
-        checkpoint_every=None, log_every=50, report_to="none", progress=False, eval_every=harness.BIG, eval_test=False,
+        checkpoint_every=None, log_every=50, report_to="none", progress=False, eval_every=harness.BIG,
+        eval_test=False,
     )
 
 
