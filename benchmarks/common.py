@@ -13,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
-import math
 import os
 import platform
 import re
 import shlex
 import statistics
+import subprocess
 import sys
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,8 +105,6 @@ def load_average() -> tuple[float, float, float]:
 
 def uptime() -> str:
     """``uptime``'s line (load averages with a clock), or the load averages alone."""
-    import subprocess
-
     try:
         return subprocess.run(["uptime"], check=False, capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -143,13 +142,9 @@ class CpuMeter:
 
     @classmethod
     def start(cls) -> CpuMeter:
-        import time
-
         return cls(time.perf_counter(), _system_busy_seconds(), _own_cpu_seconds())
 
     def foreign_cpu_fraction(self) -> float | None:
-        import time
-
         end_system = _system_busy_seconds()
         if self.system is None or end_system is None:
             return None
@@ -188,8 +183,6 @@ def rotated(items: Sequence[Any], r: int) -> list[Any]:
 def wait_until_quiet(max_foreign: float, timeout_s: float, window_s: float = 3.0) -> float | None:
     """Sleep until other processes use less than ``max_foreign`` of the machine over a ``window_s``
     window, or ``timeout_s`` has passed. Returns the last measured foreign fraction (None off Linux)."""
-    import time
-
     deadline = time.monotonic() + timeout_s
     while True:
         meter = CpuMeter.start()
@@ -221,10 +214,6 @@ def summarize(values: Sequence[float], digits: int | None = None) -> dict[str, f
 def mean_pm_std(stats: dict[str, float], digits: int = 3) -> str:
     """"1.012 ± 0.004" from a :func:`summarize` result."""
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
-
-
-def all_finite(values: Iterable[float]) -> bool:
-    return all(math.isfinite(v) for v in values)
 
 
 # -- output ------------------------------------------------------------------------------------------
