@@ -107,7 +107,6 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--pretrain-min-epochs", "pretrain_min_epochs", int, "convergence stop: SC epochs always run"),
     ("--pretrain-min-delta", "pretrain_min_delta", float,
      "convergence stop: relative improvement of the epoch SC loss that counts (1e-3 = 0.1%%)"),
-    ("--num-workers", "num_workers", int, "DataLoader worker processes"),
     ("--num-workers", "num_workers", int, "DataLoader worker processes (streaming path only)"),
     ("--data-path", "data_path", str,
      "memory: decode once into a cached uint8 tensor | stream: decode every step | auto: memory if it fits"),
