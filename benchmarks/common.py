@@ -1,5 +1,6 @@
-"""Helpers shared by the benchmark scripts: machine description, CPU-contention accounting, statistics,
-JSON output and result blocks in ``benchmarks/RESULTS.md``.
+"""Measuring helpers shared by the benchmark scripts: machine description, CPU-contention accounting,
+statistics, JSON output and result blocks in ``benchmarks/RESULTS.md`` (no sclearn import; what the scripts
+share on top of it, flags, result cache and library builders, is in ``_harness.py``).
 
 Every benchmark prints one JSON object (machine, config, results) on stdout and, when asked, writes the
 same facts as a markdown block into RESULTS.md, next to the exact command that produced them. A block is
@@ -9,17 +10,19 @@ of appending a second one.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
-import math
 import os
 import platform
 import re
 import shlex
 import statistics
+import subprocess
 import sys
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +103,14 @@ def load_average() -> tuple[float, float, float]:
         return (0.0, 0.0, 0.0)
 
 
+def uptime() -> str:
+    """``uptime``'s line (load averages with a clock), or the load averages alone."""
+    try:
+        return subprocess.run(["uptime"], check=False, capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "load average: " + ", ".join(map(str, load_average()))
+
+
 def _system_busy_seconds() -> float | None:
     """CPU-seconds all processes spent busy since boot, from /proc/stat (None off Linux)."""
     try:
@@ -131,13 +142,9 @@ class CpuMeter:
 
     @classmethod
     def start(cls) -> CpuMeter:
-        import time
-
         return cls(time.perf_counter(), _system_busy_seconds(), _own_cpu_seconds())
 
     def foreign_cpu_fraction(self) -> float | None:
-        import time
-
         end_system = _system_busy_seconds()
         if self.system is None or end_system is None:
             return None
@@ -146,11 +153,36 @@ class CpuMeter:
         return round(max(0.0, foreign) / (wall * usable_cores()), 3) if wall > 0 else None
 
 
+@dataclass
+class Contention:
+    """How busy the machine was during each measured stretch: other processes' CPU share and the 1-min load."""
+
+    foreign: list[float] = field(default_factory=list)
+    loads: list[float] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def measure(self) -> Iterator[None]:
+        meter = CpuMeter.start()
+        yield
+        fraction = meter.foreign_cpu_fraction()
+        if fraction is not None:
+            self.foreign.append(fraction)
+        self.loads.append(load_average()[0])
+
+    def summary(self) -> dict[str, Any]:
+        return {"foreign_cpu_fraction": summarize(self.foreign, 3) if self.foreign else None,
+                "loadavg_1min": summarize(self.loads, 2)}
+
+
+def rotated(items: Sequence[Any], r: int) -> list[Any]:
+    """``items`` rotated by ``r``, so that round r of an interleaved measurement starts with item r."""
+    k = r % len(items)
+    return [*items[k:], *items[:k]]
+
+
 def wait_until_quiet(max_foreign: float, timeout_s: float, window_s: float = 3.0) -> float | None:
     """Sleep until other processes use less than ``max_foreign`` of the machine over a ``window_s``
     window, or ``timeout_s`` has passed. Returns the last measured foreign fraction (None off Linux)."""
-    import time
-
     deadline = time.monotonic() + timeout_s
     while True:
         meter = CpuMeter.start()
@@ -182,10 +214,6 @@ def summarize(values: Sequence[float], digits: int | None = None) -> dict[str, f
 def mean_pm_std(stats: dict[str, float], digits: int = 3) -> str:
     """"1.012 ± 0.004" from a :func:`summarize` result."""
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
-
-
-def all_finite(values: Iterable[float]) -> bool:
-    return all(math.isfinite(v) for v in values)
 
 
 # -- output ------------------------------------------------------------------------------------------
@@ -256,41 +284,3 @@ def _lock(fh: Any) -> None:
 def fenced(text: str, lang: str = "") -> str:
     return f"```{lang}\n{text}\n```"
 
-
-# -- scaffolding of the benchmarks that train (sample_efficiency, mnist_table3) -----------------------------
-BENCH_DIR = Path(__file__).resolve().parent
-
-
-def uptime() -> str:
-    """``uptime``'s line (load averages with a clock), or the load averages alone."""
-    import subprocess
-
-    try:
-        return subprocess.run(["uptime"], check=False, capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "load average: " + ", ".join(map(str, load_average()))
-
-
-def set_run_dirs(args: Any, name: str, stack: Any) -> None:
-    """Fill ``args.results_dir`` / ``args.runs_dir``: a temp dir (removed by ``stack``) for ``--smoke`` runs,
-    else ``benchmarks/<name>_results`` and ``runs/<name>`` in the repository."""
-    import tempfile
-
-    if args.smoke and (args.results_dir is None or args.runs_dir is None):
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"sclearn-{name}-smoke-")))
-        args.results_dir = args.results_dir or tmp / "results"
-        args.runs_dir = args.runs_dir or tmp / "runs"
-    args.results_dir = args.results_dir or BENCH_DIR / f"{name}_results"
-    args.runs_dir = args.runs_dir or BENCH_DIR.parent / "runs" / name
-
-
-def report_header(name: str, args: Any) -> dict[str, Any]:
-    """The keys every training benchmark's JSON report starts with (the config is ``vars(args)``)."""
-    return {
-        "benchmark": name,
-        "command": command_line(),
-        "date": now_utc(),
-        "machine": machine_info(torch.device("cpu")),
-        "uptime_start": uptime(),
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "write_results"},
-    }

@@ -30,43 +30,29 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` and `_harness` when run as a script
 
-from common import (
-    command_line,
-    fenced,
-    machine_info,
-    machine_line,
-    markdown_table,
-    now_utc,
-    print_json,
-    write_result_block,
-)
+import _harness as harness
+from common import markdown_table
 
-import sclearn  # noqa: F401 - registers the Table-4 nets with timm
+from sclearn import TrainConfig
 from sclearn import data as sc_data
-from sclearn.backbones import load_backbone_weights
-
-DEFAULT_DATA = "idx:/usr/share/datasets/fashion-mnist"
+from sclearn.backbones import build_backbone, load_backbone_weights
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = harness.parser(__doc__.splitlines()[0], smoke="a few images, for CI",
+                       data_help="data source (its test split is used)")
     p.add_argument("--weights", nargs="*", default=[], help="backbone .safetensors files (sclearn exports)")
     p.add_argument("--model", default="sc_mnist", help="timm model name the weights belong to")
     p.add_argument("--layer", default="stages.1", help="layer whose (B, C, H, W) output is measured")
-    p.add_argument("--data", default=DEFAULT_DATA, help="data source (its test split is used)")
     p.add_argument("--channels", type=int, default=1, help="input channels of the model")
     p.add_argument("--num-images", type=int, default=2000, help="test images measured")
     p.add_argument("--seed", type=int, default=0, help="seed of the random-init reference net")
-    p.add_argument("--smoke", action="store_true", help="a few images, for CI")
-    p.add_argument("--write-results", action="store_true", help="write a block into benchmarks/RESULTS.md")
     args = p.parse_args(argv)
     if args.smoke:
         args.num_images = min(args.num_images, 40)
@@ -172,46 +158,41 @@ def diagnose(fmap: Tensor, y: Tensor) -> dict[str, float]:
     }
 
 
+def markdown_block(report: dict[str, Any]) -> str:
+    def dead(r: dict[str, Any]) -> str:
+        return ", ".join(f"{n} {v['dead']}/{v['channels']} ({100 * v['positive_share']:.0f}% > 0)"
+                         for n, v in r["relu"].items())
+
+    cfg, results = report["config"], report["results"]
+    rows = [[r["backbone"], r["erank_gap"], r["erank_grid"], r["fisher_gap"], r["fisher_grid"],
+             r["within_image_share"], dead(r)] for r in results]
+    return harness.results_block(report, "What SC pre-training does to the features (feature diagnostics)", [
+        f"- {cfg['model']} at `{cfg['layer']}`, {report['num_images']} test images; effective rank of the centred "
+        "features (GAP: C dims, grid: 2x2-pooled, 4C dims), Fisher ratio between/within classes, and the share of "
+        "the map's variance that lies across positions within one image.", "",
+        markdown_table(["backbone", "erank GAP", "erank grid", "Fisher GAP", "Fisher grid",
+                        "within-image share", "dead ReLU channels (share of positive outputs)"], rows),
+    ])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    dsd = sc_data.load_image_dataset(args.data)
-    splits = sc_data.semi_supervised_splits(dsd, labels_per_class=None, seed=0)
-    mean, std = sc_data.normalization_stats(splits, channels=args.channels)  # as the Trainer normalises
+    report = harness.report_header("feature_diagnostics", args)
+    cfg = TrainConfig(data=args.data, backbone=args.model, channels=args.channels, seed=args.seed)
+    splits = sc_data.semi_supervised_splits(sc_data.load_image_dataset(args.data), labels_per_class=None, seed=0)
     test = splits.test.select(range(min(args.num_images, len(splits.test))))
-    tf = sc_data.build_transform(train=False, mean=mean, std=std, channels=args.channels)
-    loader = sc_data.make_loader(sc_data.with_image_transform(test, tf), 500, shuffle=False)
-    results: list[dict[str, Any]] = []
+    loader = harness.loader(cfg, splits, test, train=False, batch_size=500)  # normalised as the Trainer normalises
+    report["num_images"], report["results"] = len(test), []
     for source in [None, *args.weights]:
         torch.manual_seed(args.seed)
-        net = timm.create_model(args.model, num_classes=splits.num_classes, in_chans=args.channels)
+        net = build_backbone(args.model, num_classes=splits.num_classes, in_chans=args.channels)
         if source is not None:
             load_backbone_weights(net, source)
         fmap, y = layer_features(net, args.layer, loader)
-        results.append({"backbone": source or f"random init (seed {args.seed})", **diagnose(fmap, y),
-                        "relu": relu_activity(net, loader)})
-    report = {"benchmark": "feature_diagnostics", "command": command_line(), "date": now_utc(),
-              "machine": machine_info(torch.device("cpu")), "config": vars(args), "results": results}
-    print_json(report)
-    if args.write_results:
-        def dead(r: dict[str, Any]) -> str:
-            return ", ".join(f"{n} {v['dead']}/{v['channels']} ({100 * v['positive_share']:.0f}% > 0)"
-                             for n, v in r["relu"].items())
-
-        rows = [[r["backbone"], r["erank_gap"], r["erank_grid"], r["fisher_gap"], r["fisher_grid"],
-                 r["within_image_share"], dead(r)] for r in results]
-        block = "\n".join([
-            "## What SC pre-training does to the features (feature diagnostics)", "",
-            f"- Command: `{report['command']}`", f"- Date: {report['date']}",
-            f"- Machine: {machine_line(report['machine'])}",
-            f"- {args.model} at `{args.layer}`, {len(test)} test images; effective rank of the centred features "
-            "(GAP: C dims, grid: 2x2-pooled, 4C dims), Fisher ratio between/within classes, and the share of "
-            "the map's variance that lies across positions within one image.", "",
-            markdown_table(["backbone", "erank GAP", "erank grid", "Fisher GAP", "Fisher grid",
-                            "within-image share", "dead ReLU channels (share of positive outputs)"], rows), "",
-            "Config:", "", fenced("\n".join(f"{k}: {v}" for k, v in vars(args).items()), ""),
-        ])
-        write_result_block("feature_diagnostics" + ("-smoke" if args.smoke else ""), block)
+        report["results"].append({"backbone": source or f"random init (seed {args.seed})", **diagnose(fmap, y),
+                                  "relu": relu_activity(net, loader)})
+    harness.publish(report, args, "feature_diagnostics", markdown_block)
     return 0
 
 

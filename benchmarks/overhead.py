@@ -43,36 +43,22 @@ import copy
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` and `_harness` when run as a script
 
-from common import (
-    CpuMeter,
-    command_line,
-    fenced,
-    load_average,
-    machine_info,
-    machine_line,
-    markdown_table,
-    mean_pm_std,
-    now_utc,
-    print_json,
-    summarize,
-    wait_until_quiet,
-    write_result_block,
-)
+import _harness as harness
+from common import CpuMeter, load_average, markdown_table, mean_pm_std, rotated, summarize, wait_until_quiet
 
-import sclearn  # noqa: F401 - registers sc_cifar10 / sc_stl10 / sc_mnist with timm
-from sclearn import MultiLayerSC, SpatialContrastiveLoss, resolve_patch_size
+from sclearn import MultiLayerSC, SpatialContrastiveLoss, TrainConfig, resolve_patch_size
+from sclearn.backbones import build_backbone
 from sclearn.losses import DISTANCES
 from sclearn.sampling import POOLS
 
@@ -104,11 +90,10 @@ CASES: dict[str, Case] = {
 
 # -- argument parsing ----------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description="Time a joint CE+SC training step against a plain CE step (paired, interleaved) and "
-        "print one JSON object with machine, config and per-case results.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = harness.parser("Time a joint CE+SC training step against a plain CE step (paired, interleaved) and print "
+                       "one JSON object with machine, config and per-case results.", data=None,
+                       smoke=f"tiny run for CI: batch {SMOKE_BATCH}, 2 measured rounds, 1 warm-up round (explicit "
+                       "--batch-size/--steps/--warmup still win)")
     p.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES),
                    help="cases to run: " + "; ".join(
                        f"{k} = {c.model} at {c.layer or 'its sc_layer'}, {c.img_size}px, batch {c.batch_size}"
@@ -121,9 +106,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads; default: leave torch's choice (usually the core count)")
     p.add_argument("--batch-size", type=int, default=None, help="override every case's batch size")
-    p.add_argument("--smoke", action="store_true",
-                   help=f"tiny run for CI: batch {SMOKE_BATCH}, 2 measured rounds, 1 warm-up round "
-                   "(explicit --batch-size/--steps/--warmup still win)")
     p.add_argument("--channels-last", action="store_true", help="models and batch in channels_last memory format")
     p.add_argument("--compile", action="store_true", help="torch.compile the wrapper and the plain twin")
     p.add_argument("--amp", choices=["none", "bf16"], default="none",
@@ -156,9 +138,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                    help="before each case, wait up to this long for a 3 s window in which other processes "
                    "use less than --max-foreign-cpu of the machine")
-    p.add_argument("--write-results", action="store_true",
-                   help="also write a markdown block (table, command, machine, config) into "
-                   "benchmarks/RESULTS.md, replacing the block of an earlier run with the same device/flags")
     args = p.parse_args(argv)
     if args.smoke:
         args.batch_size = args.batch_size or SMOKE_BATCH
@@ -178,9 +157,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # -- model and steps -----------------------------------------------------------------------------------
-def make_loss(args: argparse.Namespace) -> SpatialContrastiveLoss:
+def make_loss(args: argparse.Namespace, layer: str) -> SpatialContrastiveLoss:
     """The SC loss under test; the default is the paper's (L2, T = 1, flattened 0.55-side patches)."""
-    return SpatialContrastiveLoss(args.patch_size, distance=args.distance, pool=args.pool)
+    cfg = TrainConfig(patch_size=args.patch_size, distance=args.distance, pool=args.pool)
+    return harness.sc_losses(cfg, [layer])[layer]
 
 
 def sc_geometry(backbone: nn.Module, layer: str, x: Tensor, loss: SpatialContrastiveLoss) -> dict[str, Any]:
@@ -244,13 +224,13 @@ class Setup:
 def build_steps(case: Case, args: argparse.Namespace, device: torch.device) -> Setup:
     """The three step kinds of one case, sharing one batch, plus the case's SC geometry."""
     torch.manual_seed(args.seed)
-    backbone = timm.create_model(case.model, num_classes=case.num_classes, in_chans=case.in_chans)
+    backbone = build_backbone(case.model, num_classes=case.num_classes, in_chans=case.in_chans)
     layer = case.layer or backbone.sc_layer
     batch = args.batch_size or case.batch_size
     x = torch.randn(batch, case.in_chans, case.img_size, case.img_size)
     y = torch.randint(0, case.num_classes, (batch,))
     twin = copy.deepcopy(backbone)  # copied before wrapping, so it carries no hooks
-    loss = make_loss(args)
+    loss = make_loss(args, layer)
     geometry = sc_geometry(backbone, layer, x, loss)
     wrapper = MultiLayerSC(backbone, layers=[layer], loss=loss)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -312,13 +292,6 @@ def time_step(step: Step, device: torch.device) -> dict[str, float]:
     return {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
 
 
-def rotations(kinds: list[str], rounds: int) -> Iterator[list[str]]:
-    """Round r runs the kinds rotated by r: ce,joint,plain / joint,plain,ce / plain,ce,joint / ..."""
-    for r in range(rounds):
-        k = r % len(kinds)
-        yield kinds[k:] + kinds[:k]
-
-
 Times = dict[str, dict[str, list[float]]]  # clock -> kind -> seconds per step, in round order
 
 
@@ -344,14 +317,13 @@ def run_rounds(steps: dict[str, Step], kinds: list[str], args: argparse.Namespac
     With enough clean rounds only those are kept; otherwise every round is, and the case is flagged.
     Each round is one step of every kind, so dropping a round keeps the pairing intact.
     """
-    for order in rotations(kinds, args.warmup):
-        for kind in order:
+    for r in range(args.warmup):
+        for kind in rotated(kinds, r):
             steps[kind]()
     rounds: list[tuple[dict[str, dict[str, float]], bool]] = []
     while sum(clean for _, clean in rounds) < args.steps and len(rounds) < args.max_rounds:
-        k = len(rounds) % len(kinds)
         meter = CpuMeter.start()
-        measured = {kind: time_step(steps[kind], device) for kind in kinds[k:] + kinds[:k]}
+        measured = {kind: time_step(steps[kind], device) for kind in rotated(kinds, len(rounds))}
         foreign = meter.foreign_cpu_fraction()
         rounds.append((measured, foreign is None or foreign <= args.max_foreign_cpu))
     num_clean = sum(clean for _, clean in rounds)
@@ -527,7 +499,7 @@ def config_of(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         "amp": args.amp,
         "channels_last": args.channels_last,
         "compile": args.compile,
-        "loss": repr(make_loss(args)),
+        "loss": repr(make_loss(args, "layer")),
         "optimizer": f"SGD(lr={args.lr}, momentum=0.9)",
         "seed": args.seed,
         "clock": args.clock,
@@ -545,8 +517,7 @@ def result_key(args: argparse.Namespace, device: torch.device) -> str:
     if device.type == "cpu":
         parts += [f"{torch.get_num_threads()}threads", f"{args.clock}clock"]
     parts += [flag for flag, on in (("bf16", args.amp == "bf16"), ("channels_last", args.channels_last),
-                                    ("compile", args.compile), ("profile", bool(args.profile)),
-                                    ("smoke", args.smoke)) if on]
+                                    ("compile", args.compile), ("profile", bool(args.profile))) if on]
     if list(args.cases) != list(CASES):  # a subset of the cases gets its own block
         parts.append("+".join(args.cases))
     return "-".join(parts)
@@ -578,6 +549,7 @@ def profile_lines(results: list[dict[str, Any]]) -> list[str]:
         return []
     steps, clock = results[0]["profile"]["steps"], results[0]["profile"]["clock"]
     return [
+        "",
         f"Profiler attribution ({steps} steps of each kind under torch.profiler, {clock} op time, ms per step). "
         "SC cost = the joint step's extra op calls (same op name, more calls than in the CE step) at that op's "
         "mean self time in the joint step: the backbone's ops run equally often in both kinds, so their timing "
@@ -588,20 +560,19 @@ def profile_lines(results: list[dict[str, Any]]) -> list[str]:
         "",
         markdown_table(["case", "all ops CE / joint", "all ops joint/CE", "SC cost", "SC forward",
                         "SC cost / CE step", "largest SC costs (op, ms)"], rows),
-        "",
     ]
 
 
-def markdown_block(report: dict[str, Any], args: argparse.Namespace, device: torch.device) -> str:
+def markdown_block(report: dict[str, Any], device: torch.device) -> str:
     """The RESULTS.md block: title, command, machine, table, config."""
-    machine, config = report["machine"], report["config"]
+    config = report["config"]
     rows = []
     for r in report["results"]:
         ratio, ms = r["ratio_joint_over_ce"], r["ms_per_step"]
-        c, h, w = r["sc_map_chw"]
+        c, mh, mw = r["sc_map_chw"]
         rows.append([
             f"{r['model']} @ {r['layer']}, {r['img_size']}px, batch {r['batch_size']}",
-            f"{c}×{h}×{w} → {r['patch_cells'][0]}×{r['patch_cells'][1]} (D={r['patch_dim']})",
+            f"{c}×{mh}×{mw} → {r['patch_cells'][0]}×{r['patch_cells'][1]} (D={r['patch_dim']})",
             f"**{ratio['median']:.3f}**",
             mean_pm_std(ratio),
             f"{r['ratio_of_min_times_joint_over_ce']:.3f}",
@@ -619,12 +590,7 @@ def markdown_block(report: dict[str, Any], args: argparse.Namespace, device: tor
          "dormant/plain", f"peak mem CE / joint ({mem_unit})", "foreign CPU"],
         rows,
     )
-    lines = [
-        f"## SC training-step overhead, {device.type}" + (" (smoke)" if args.smoke else ""),
-        "",
-        f"- Command: `{report['command']}`",
-        f"- Date: {report['date']}",
-        f"- Machine: {machine_line(machine)}; load average at start {machine['loadavg_at_start']}",
+    return harness.results_block(report, f"SC training-step overhead, {device.type}", [
         "- Rounds used (clean / measured): " + ", ".join(
             f"{r['case']} {r['rounds']['used']} ({r['rounds']['clean']} / {r['rounds']['run']})"
             + ("" if r["rounds"]["clean_only"] else " **disturbed: all rounds used**")
@@ -638,13 +604,8 @@ def markdown_block(report: dict[str, Any], args: argparse.Namespace, device: tor
         ),
         "",
         table,
-        "",
         *profile_lines(report["results"]),
-        "Config:",
-        "",
-        fenced("\n".join(f"{k}: {v}" for k, v in config.items() if k != "cases"), ""),
-    ]
-    return "\n".join(lines)
+    ])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -652,21 +613,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    report: dict[str, Any] = {
-        "benchmark": "overhead",
-        "command": command_line(),
-        "date": now_utc(),
-        "machine": machine_info(device),
-        "config": config_of(args, device),
-        "results": [],
-    }
+    report = harness.report_header("overhead", args, config_of(args, device), device)
+    report["results"] = []
     for name in args.cases:
         print(f"[overhead] {name} ...", file=sys.stderr)
         report["results"].append(measure_case(name, args, device))
     report["max_rss_mib"] = max_rss_mib()
-    print_json(report)
-    if args.write_results:
-        write_result_block(result_key(args, device), markdown_block(report, args, device))
+    harness.publish(report, args, result_key(args, device), lambda r: markdown_block(r, device))
     return 0
 
 

@@ -49,93 +49,19 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
-import json
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` and `_harness` when run as a script
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` when run as a script
+import _harness as harness
+from common import load_average, markdown_table, mean_pm_std, now_utc, summarize
 
-from common import (
-    fenced,
-    load_average,
-    machine_line,
-    markdown_table,
-    mean_pm_std,
-    now_utc,
-    print_json,
-    report_header,
-    set_run_dirs,
-    summarize,
-    uptime,
-    write_result_block,
-)
-
-BENCH_DIR = Path(__file__).resolve().parent
-ROOT = BENCH_DIR.parent
-DEFAULT_DATA = "idx:/usr/share/datasets/fashion-mnist"
 ARMS = ("sup_labeled", "two_stage", "joint", "sup_all")
 SC_ARMS = ("two_stage", "joint")
-BIG = 10**6
 MIN_CEILING_GAP = 0.005  # gap closed is reported only if sup_all beats sup_labeled by at least this much
-# Fields that never change what a run computes (left out of the run's hash).
-NOT_HASHED = {"output_dir", "resume", "num_workers", "log_every", "report_to", "checkpoint_every",
-              "keep_checkpoints", "progress", "init_from"}
-
-
-# -- helpers shared with mnist_table3.py ---------------------------------------------------------------------
-def json_arg(text: str) -> dict[str, Any]:
-    """argparse type: a JSON object."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not JSON: {e}") from e
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object, e.g. '{\"distance\": \"cosine\"}'")
-    return value
-
-
-def run_hash(configs: list[dict[str, Any]]) -> str:
-    """8 hex digits over every setting that changes what the run(s) compute."""
-    keep = [{k: v for k, v in c.items() if k not in NOT_HASHED} for c in configs]
-    return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:8]
-
-
-def train_once(fields: dict[str, Any], run_dir: Path, *, resume: bool) -> dict[str, Any]:
-    """One Trainer run in ``run_dir``; returns its summary plus timings.
-
-    ``resume``: a complete run (summary.json present) is read back, a killed one continues from its last
-    checkpoint. Otherwise the directory is wiped first.
-    """
-    from sclearn import TrainConfig, Trainer
-
-    summary_path = run_dir / "summary.json"
-    if resume and summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
-        timing = json.loads((run_dir / "bench_timing.json").read_text()) if (run_dir / "bench_timing.json").is_file() \
-            else {}
-        return {**summary, **timing, "reused": True}
-    if not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
-    # a continued run: its timings (stage wall time, log windows) cover only part of the work
-    continued = resume and any((run_dir / "checkpoints").glob("ckpt-*"))
-    cfg = TrainConfig(**{**fields, "output_dir": str(run_dir), "resume": resume})
-    start = time.perf_counter()
-    with contextlib.redirect_stdout(sys.stderr):  # accelerator.print -> keep stdout for the JSON report
-        trainer = Trainer(cfg)
-        setup_s = time.perf_counter() - start
-        summary = trainer.fit()
-    timing = {"total_s": round(time.perf_counter() - start, 2), "setup_s": round(setup_s, 2), "continued": continued}
-    (run_dir / "bench_timing.json").write_text(json.dumps(timing))
-    del trainer
-    return {**summary, **timing, "reused": False}
 
 
 def stage_seconds(summary: dict[str, Any]) -> float:
@@ -143,93 +69,30 @@ def stage_seconds(summary: dict[str, Any]) -> float:
     return sum(float(s.get("wall_time_s", 0.0)) for s in summary.get("stages", {}).values())
 
 
-def images_per_step(fields: dict[str, Any], stage: str) -> int:
-    """Images one optimizer step of ``stage`` consumes (labelled + unlabelled)."""
-    from sclearn import TrainConfig
-
-    cfg = TrainConfig(**{k: v for k, v in fields.items() if k not in ("init_from", "mode")}, mode="supervised")
-    if stage == "joint":
-        return cfg.batch_size + cfg.unlabeled_batch_size
-    if stage == "pretrain":
-        return cfg.pretrain_batch_size or cfg.batch_size
-    return cfg.batch_size
-
-
-def loop_seconds(run_dir: Path, fields: dict[str, Any]) -> dict[str, tuple[float, int]]:
-    """{stage: (seconds, steps)} of the training loop, from the trainer's own log windows in metrics.jsonl.
-
-    Each window logs ``img_per_s`` over the steps since the previous log line: loading, forward, backward,
-    optimizer step, and whatever epoch-end work (checkpoint, evaluation) ran since that line. Set-up, the
-    evaluation after the last step, and the export are not in any window.
-    """
-    out: dict[str, tuple[float, int]] = {}
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return out
-    previous = 0
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        if "img_per_s" not in record:
-            continue
-        n, previous = record["step"] - previous, record["step"]
-        if n > 0 and record["img_per_s"] > 0:
-            seconds, steps = out.get(record["stage"], (0.0, 0))
-            out[record["stage"]] = (seconds + n * images_per_step(fields, record["stage"]) / record["img_per_s"],
-                                    steps + n)
-    return out
-
-
 # -- the protocol --------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description="Table-2 protocol on Fashion-MNIST: supervised on few labels vs two-stage SC vs joint SC vs "
-        "supervised on all labels; prints one JSON object.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--data", default=DEFAULT_DATA, help="data source for sclearn.data.load_image_dataset")
-    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="arms to run")
+    p = harness.parser("Table-2 protocol on Fashion-MNIST: supervised on few labels vs two-stage SC vs joint SC vs "
+                       "supervised on all labels; prints one JSON object.",
+                       smoke="tiny run for CI: 3 steps, batch 16, 10 labels/class, seed 0 (use a small --data)")
+    harness.add_run_flags(p, "sample_efficiency", arms=ARMS, seeds_help="seeds (label subset, init, order)")
     p.add_argument("--labels-per-class", type=int, default=400, help="labelled images per class (Table 2: 400)")
     p.add_argument("--steps", type=int, default=3000,
                    help="optimizer steps of every supervised / fine-tune / joint run (the same for every arm)")
     p.add_argument("--pretrain-steps", type=int, default=None,
                    help="SC pre-training steps of two_stage (on top of its --steps fine-tune); default --steps")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (label subset, init, order)")
-    p.add_argument("--batch-size", type=int, default=128, help="labelled batch (and the SC pre-training batch)")
     p.add_argument("--translate", type=int, default=2, help="augmentation: max translation in pixels")
     p.add_argument("--hflip", action="store_true", help="augmentation: also random horizontal flips")
-    p.add_argument("--model-kwargs", type=json_arg, default={},
-                   help="JSON kwargs for timm.create_model('sc_mnist'), every arm, e.g. '{\"logit_act\": false}'")
-    p.add_argument("--common-args", type=json_arg, default={},
+    p.add_argument("--common-args", type=harness.json_object, default={},
                    help="JSON TrainConfig fields for every run, e.g. '{\"schedule\": \"plateau\"}'")
-    p.add_argument("--sc-args", type=json_arg, default={},
-                   help="JSON TrainConfig fields for the SC runs (two_stage pre-training, joint), e.g. "
-                   "'{\"distance\": \"cosine\", \"temperature\": 0.2, \"pool\": \"mean\", \"patch_size\": 3, "
-                   "\"sc_weight\": 0.5}'. Default: the library defaults (TrainConfig())")
-    p.add_argument("--arm-args", type=json_arg, default={},
+    p.add_argument("--arm-args", type=harness.json_object, default={},
                    help="JSON {arm: {TrainConfig fields}}, applied last; arms: sup_labeled, two_stage (its "
                    "fine-tune run), pretrain (two_stage's SC run), joint, sup_all")
-    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (and OMP_NUM_THREADS)")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
-    p.add_argument("--results-dir", type=Path, default=None,
-                   help="per-run result JSON files (default benchmarks/sample_efficiency_results; a temporary "
-                   "directory with --smoke)")
-    p.add_argument("--runs-dir", type=Path, default=None,
-                   help="Trainer run directories (default runs/sample_efficiency; temporary with --smoke)")
-    p.add_argument("--resume", action="store_true",
-                   help="skip runs whose result file exists; continue killed runs from their checkpoints")
     p.add_argument("--project-steps", type=int, default=None,
                    help="steps of the full protocol for the runtime projection (default --steps, or 3000 when "
                    "--steps < 1000)")
-    p.add_argument("--project-seeds", type=int, default=3, help="seeds of the full protocol for the projection")
     p.add_argument("--project-pretrain-steps", type=int, default=None,
                    help="two_stage pre-training steps of the full protocol for the projection (default "
                    "--project-steps)")
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny run for CI: 3 steps, batch 16, 10 labels/class, seed 0 (use a small --data)")
-    p.add_argument("--notes", default=None,
-                   help="a markdown file (the reading of the numbers) put under the table in RESULTS.md")
-    p.add_argument("--write-results", action="store_true",
-                   help="append (or replace) this configuration's block in benchmarks/RESULTS.md")
     args = p.parse_args(argv)
     if args.smoke:
         args.steps, args.batch_size, args.labels_per_class, args.seeds = 3, 16, 10, [0]
@@ -248,13 +111,14 @@ def base_fields(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "data": args.data, "backbone": "sc_mnist", "layers": ("stages.1",),
         "model_kwargs": dict(args.model_kwargs), "channels": 1, "image_size": None,
         "translate": args.translate, "hflip": args.hflip, "batch_size": args.batch_size,
-        "epochs": BIG, "pretrain_epochs": BIG, "max_steps": args.steps, "eval_every": BIG, "eval_test": True,
+        "epochs": harness.BIG, "pretrain_epochs": harness.BIG, "max_steps": args.steps, "eval_every": harness.BIG,
+        "eval_test": True,
         "seed": seed, "split_seed": seed, "num_workers": args.num_workers, "checkpoint_every": 500,
         "log_every": 50, "report_to": "none", "progress": False,
     }
 
 
-def arm_runs(arm: str, args: argparse.Namespace, seed: int) -> list[tuple[str, dict[str, Any]]]:
+def arm_runs(arm: str, args: argparse.Namespace, seed: int) -> harness.Runs:
     """The (name, TrainConfig fields) of the Trainer runs of one arm and seed, in order."""
     base = {**base_fields(args, seed), **args.common_args}
     lab = {"labels_per_class": args.labels_per_class}
@@ -270,38 +134,29 @@ def arm_runs(arm: str, args: argparse.Namespace, seed: int) -> list[tuple[str, d
     return [("pretrain", pre), ("finetune", fine)]
 
 
-def run_arm(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    runs = arm_runs(arm, args, seed)
-    key = f"{arm}_seed{seed}_{run_hash([f for _, f in runs])}"
-    result_file = args.results_dir / f"{key}.json"
-    if args.resume and result_file.is_file():
-        print(f"[sample_efficiency] {key}: result exists, skipped", file=sys.stderr)
-        return json.loads(result_file.read_text())
-    print(f"[sample_efficiency] {key}: running", file=sys.stderr)
+def train_arm(arm: str, seed: int, runs: harness.Runs, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The result record of one arm and seed: its Trainer runs in order, a fine-tune from the pre-training."""
     start = time.perf_counter()
-    out: dict[str, Any] = {"arm": arm, "seed": seed, "key": key, "date": now_utc(), "load_start": load_average()[0],
+    out: dict[str, Any] = {"arm": arm, "seed": seed, "date": now_utc(), "load_start": load_average()[0],
                            "stages": {}}
     previous: Path | None = None
     for name, fields in runs:
         if fields.get("init_from") == "<pretrain run>":
             fields = {**fields, "init_from": str(previous)}
-        run_dir = args.runs_dir / key / name
-        summary = train_once(fields, run_dir, resume=args.resume)
+        summary = harness.train_once(fields, run_dir / name, resume=args.resume)
         stage = fields["mode"]
-        steps = summary.get("global_steps") or 0
-        train_s = stage_seconds(summary)
-        per_step = images_per_step(fields, stage)
-        loop_s, loop_steps = loop_seconds(run_dir, fields).get(stage, (0.0, 0))
+        loop = harness.loop_timing(run_dir / name, fields).get(stage, {"loop_s": 0.0, "s_per_step": None})
         out["stages"][name] = {
-            "mode": stage, "steps": steps, "train_s": round(train_s, 2), "loop_s": round(loop_s, 2),
-            "s_per_step": round(loop_s / loop_steps, 4) if loop_steps else None, "images_per_step": per_step,
+            "mode": stage, "steps": summary.get("global_steps") or 0, "train_s": round(stage_seconds(summary), 2),
+            "loop_s": loop["loop_s"], "s_per_step": loop["s_per_step"],
+            "images_per_step": harness.images_per_step(fields, stage),
             "total_s": summary.get("total_s"), "setup_s": summary.get("setup_s"),
             "test_acc": summary.get("final_test_acc"), "reused": summary.get("reused", False),
             "continued": bool(summary.get("continued")),
             "results": summary.get("stages"),
             "config": {k: v for k, v in fields.items() if k not in ("data",)},
         }
-        previous = run_dir
+        previous = run_dir / name
     final = out["stages"][runs[-1][0]]
     out["test_acc"] = final["test_acc"]
     out["test_err_pct"] = round(100 * (1 - final["test_acc"]), 3) if final["test_acc"] is not None else None
@@ -310,10 +165,6 @@ def run_arm(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     if "pretrain" in out["stages"]:
         out["pretrain_knn_top1"] = (out["stages"]["pretrain"]["results"] or {}).get("pretrain", {}).get("knn_top1")
     out["data"] = args.data
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    tmp = result_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=2, default=str) + "\n")
-    tmp.replace(result_file)  # atomic: a kill never leaves half a result
     return out
 
 
@@ -402,52 +253,31 @@ def markdown_block(report: dict[str, Any]) -> str:
             f"{100 * a['pretrain_knn_top1']['mean']:.1f}" if "pretrain_knn_top1" in a else "-",
         ])
     proj = agg["projection"]
-    lines = [
-        "## Sample efficiency on Fashion-MNIST (Table-2 protocol)" + (" (smoke)" if cfg["smoke"] else ""),
-        "",
-        f"- Command: `{report['command']}`",
-        f"- Date: {report['date']}",
-        f"- Machine: {machine_line(report['machine'])}",
-        f"- Load: `{report['uptime_start']}` at start, `{report['uptime_end']}` at end",
+    return harness.results_block(report, "Sample efficiency on Fashion-MNIST (Table-2 protocol)", [
         (f"- sc_mnist (paper MNIST net), {cfg['labels_per_class']} labels/class, batch {cfg['batch_size']}, "
-        f"{cfg['steps']} supervised/fine-tune/joint steps per arm, two-stage pre-training {cfg['pretrain_steps']} "
-        f"SC steps on top; seeds {cfg['seeds']}; test accuracy after the last step (no selection)."),
+         f"{cfg['steps']} supervised/fine-tune/joint steps per arm, two-stage pre-training {cfg['pretrain_steps']} "
+         f"SC steps on top; seeds {cfg['seeds']}; test accuracy after the last step (no selection)."),
         "",
         markdown_table(["arm", "test acc % (mean ± std)", "seeds", "gap closed", "wall min / run",
                         "ms/step", "kNN after pretrain %"], rows),
+        *(["", f"Gap closed: {agg['gap_closed_note']}."] if agg["gap_closed_note"] else []),
+        *harness.note_lines(cfg.get("notes")),
         "",
-        *([f"Gap closed: {agg['gap_closed_note']}.", ""] if agg["gap_closed_note"] else []),
-        *([Path(cfg["notes"]).read_text().strip(), ""] if cfg.get("notes") else []),
-        "Runs (date, 1-min load average at start / end of each run): " + "; ".join(
-            f"{r['arm']} seed {r['seed']}: {r.get('date', '?')}, {r.get('load_start', '?')} / {r.get('load_end', '?')}"
-            for r in report["runs"]) + ".",
+        harness.runs_line(report["runs"]),
         "",
         (f"Projected full protocol ({proj['steps']} steps, pre-training {proj['pretrain_steps']}, "
-        f"{proj['seeds']} seed(s)): {proj['total_minutes']} min ({proj['minutes_per_seed']} min per seed)."),
-        "",
-        "Config:",
-        "",
-        fenced(json.dumps({k: v for k, v in cfg.items()}, indent=1, default=str), "json"),
-    ]
-    return "\n".join(lines)
+         f"{proj['seeds']} seed(s)): {proj['total_minutes']} min ({proj['minutes_per_seed']} min per seed)."),
+    ])
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    torch.set_num_threads(args.threads)
-    with contextlib.ExitStack() as stack:
-        set_run_dirs(args, "sample_efficiency", stack)
-        report = report_header("sample_efficiency", args)
-        results = [run_arm(arm, seed, args) for seed in args.seeds for arm in args.arms]
-        report["runs"] = [{k: v for k, v in r.items() if k != "stages"} | {
-            "stages": {n: {k: v for k, v in s.items() if k not in ("config", "results")} for n, s in r["stages"].items()}}
-            for r in results]
-        report["aggregate"] = aggregate(results, args)
-        report["uptime_end"] = uptime()
-    print_json(report)
-    if args.write_results:
-        write_result_block("sample_efficiency" + ("-smoke" if args.smoke else ""), markdown_block(report))
+    report, results = harness.run_arms("sample_efficiency", args, arm_runs, train_arm)
+    report["runs"] = [{**{k: v for k, v in r.items() if k != "stages"}, "stages": {
+        n: {k: v for k, v in s.items() if k not in ("config", "results")} for n, s in r["stages"].items()}}
+        for r in results]
+    report["aggregate"] = aggregate(results, args)
+    harness.publish(report, args, "sample_efficiency", markdown_block)
     return 0
 
 

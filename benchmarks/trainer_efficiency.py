@@ -2,10 +2,10 @@
 
 Both sides train the same model on the same data with the same batch size, transforms and number of steps:
 
-- ``bare``:    ``sclearn.data.make_loader(with_image_transform(ds, build_transform(train=True, ...)))`` (the
-               trainer's own data path), ``torch.optim.SGD``, cross-entropy; in joint mode also the same
-               ``MultiLayerSC`` forward over labelled + unlabelled images and ``CE + sc_weight * SC``. No
-               accelerate, no logging, no checkpoints, no LR schedule.
+- ``bare``:    the trainer's data path (``_harness.loader``) and a hand-written step (``_harness.BareStep``):
+               ``torch.optim.SGD``, cross-entropy; in joint mode also the same ``MultiLayerSC`` forward over
+               labelled + unlabelled images and ``CE + sc_weight * SC``. No accelerate, no logging, no
+               checkpoints, no LR schedule.
 - ``trainer``: ``Trainer(TrainConfig(..., checkpoint_every=None, log_every=50, report_to="none",
                progress=False, eval_every=<huge>, eval_test=False)).fit()``.
 
@@ -42,62 +42,33 @@ import json
 import os
 import pstats
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` and `_harness` when run as a script
 
-from common import (
-    CpuMeter,
-    command_line,
-    fenced,
-    load_average,
-    machine_info,
-    machine_line,
-    markdown_table,
-    mean_pm_std,
-    now_utc,
-    print_json,
-    summarize,
-    write_result_block,
-)
+import _harness as harness
+from common import Contention, markdown_table, mean_pm_std, summarize
 
-DEFAULT_DATA = "idx:/usr/share/datasets/fashion-mnist"
-BIG = 10**9
+from sclearn import TrainConfig, Trainer
+from sclearn import data as sc_data
 
-
-@dataclass(frozen=True)
-class Case:
-    backbone: str
-    layers: tuple[str, ...]
-    channels: int
-    image_size: int | None
-
-
-CASES: dict[str, Case] = {
-    "sc_mnist": Case("sc_mnist", ("stages.1",), 1, None),  # the paper's MNIST net, 1 x 28 x 28
-    "resnet18_32": Case("resnet18", ("layer3",), 3, 32),  # timm resnet18, grayscale -> RGB, resized to 32
-}
+CASES = harness.MODEL_CASES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description="Trainer img/s over a bare PyTorch loop's img/s on the same model, data, batch and steps; "
-        "prints one JSON object.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--data", default=DEFAULT_DATA, help="data source for sclearn.data.load_image_dataset")
+    p = harness.parser("Trainer img/s over a bare PyTorch loop's img/s on the same model, data, batch and steps; "
+                       "prints one JSON object.",
+                       smoke="tiny run for CI: batch 16, 1 warm-up + 3 measured steps, 1 rep, 10 labels/class "
+                       "(use with a small --data, e.g. the tests' IDX fixture)")
     p.add_argument("--cases", nargs="+", choices=list(CASES), default=["sc_mnist"],
-                   help="models: " + "; ".join(f"{k} = {c.backbone} (SC at {c.layers}, {c.channels} channel(s), "
-                                               f"size {c.image_size or 'native'})" for k, c in CASES.items()))
+                   help="models: " + harness.describe_cases(CASES))
     p.add_argument("--modes", nargs="+", choices=["supervised", "joint"], default=["supervised", "joint"],
                    help="training modes to compare")
     p.add_argument("--batch-size", type=int, default=128,
@@ -118,11 +89,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true",
                    help="after timing, run the trainer (and the bare loop) once more under cProfile and report "
                    "ms/step of the trainer's per-step pieces, plus the epoch-end checkpoint's cost")
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny run for CI: batch 16, 1 warm-up + 3 measured steps, 1 rep, 10 labels/class "
-                   "(use with a small --data, e.g. the tests' IDX fixture)")
-    p.add_argument("--write-results", action="store_true",
-                   help="append (or replace) this run's block in benchmarks/RESULTS.md")
     args = p.parse_args(argv)
     if args.smoke:
         args.batch_size, args.warmup, args.steps, args.reps, args.labels_per_class = 16, 1, 3, 1, 10
@@ -130,13 +96,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # -- shared helpers ------------------------------------------------------------------------------------------
-def uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], check=False, capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "load average: " + ", ".join(map(str, load_average()))
-
-
 class StepClock:
     """Wall and process-CPU timestamps after every step of a torch optimizer (a step post-hook)."""
 
@@ -160,31 +119,25 @@ class StepClock:
         self._handle.remove()
 
 
-def train_config(case: Case, mode: str, args: argparse.Namespace, output_dir: str, steps: int):
-    from sclearn import TrainConfig
-
+def train_config(case: str, mode: str, args: argparse.Namespace, output_dir: str, steps: int) -> TrainConfig:
     return TrainConfig(
-        data=args.data, backbone=case.backbone, layers=case.layers, channels=case.channels,
-        image_size=case.image_size, mode=mode, batch_size=args.batch_size, unlabeled_ratio=args.unlabeled_ratio,
+        data=args.data, **CASES[case], mode=mode, batch_size=args.batch_size, unlabeled_ratio=args.unlabeled_ratio,
         labels_per_class=args.labels_per_class if mode == "joint" else None, epochs=1, max_steps=steps,
         num_workers=args.num_workers, seed=args.seed, split_seed=args.seed, output_dir=output_dir,
-        checkpoint_every=None, log_every=50, report_to="none", progress=False, eval_every=BIG, eval_test=False,
+        checkpoint_every=None, log_every=50, report_to="none", progress=False, eval_every=harness.BIG,
+        eval_test=False,
     )
 
 
 class Data:
-    """Splits and normalisation loaded once for the bare loop (the trainer loads its own during set-up)."""
+    """The dataset and its splits per mode, loaded once for the bare loop (the trainer loads its own)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from sclearn import data as sc_data
-
         self.dsd = sc_data.load_image_dataset(args.data)
         self._splits: dict[str, Any] = {}
         self.args = args
 
-    def splits(self, mode: str):
-        from sclearn import data as sc_data
-
+    def splits(self, mode: str) -> sc_data.SemiSupervisedSplits:
         if mode not in self._splits:
             lpc = self.args.labels_per_class if mode == "joint" else None
             self._splits[mode] = sc_data.semi_supervised_splits(self.dsd, labels_per_class=lpc, seed=self.args.seed)
@@ -193,62 +146,35 @@ class Data:
 
 # -- the two sides -------------------------------------------------------------------------------------------
 class BareLoop:
-    """The hand-written loop, one step at a time: ``step()`` loads its batch(es), runs forward, backward and SGD."""
+    """The hand-written loop, one step at a time: ``step()`` loads its batch(es) and runs a :class:`BareStep`."""
 
-    def __init__(self, case: Case, mode: str, args: argparse.Namespace, data: Data) -> None:
-        from accelerate.utils import set_seed
-
-        from sclearn import MultiLayerSC, SpatialContrastiveLoss
-        from sclearn import data as sc_data
-        from sclearn.backbones import build_backbone
-
+    def __init__(self, case: str, mode: str, args: argparse.Namespace, data: Data) -> None:
         self.total = args.warmup + args.steps
         cfg = train_config(case, mode, args, output_dir="unused", steps=self.total)
         splits = data.splits(mode)
-        mean, std = sc_data.normalization_stats(splits, channels=cfg.channels)  # the trainer's rule
-        tf = sc_data.build_transform(train=True, translate=cfg.translate, hflip=cfg.hflip,
-                                     image_size=cfg.image_size, mean=mean, std=std, channels=cfg.channels)
-        set_seed(cfg.seed)
-        model: torch.nn.Module = build_backbone(cfg.backbone, num_classes=splits.num_classes, in_chans=cfg.channels)
-        if mode == "joint":
-            loss = SpatialContrastiveLoss(cfg.patch_size, distance=cfg.distance, temperature=cfg.temperature,
-                                          pool=cfg.pool, num_patches=cfg.num_patches, min_offset=cfg.min_offset)
-            model = MultiLayerSC(model, list(cfg.layers), loss={cfg.layers[0]: loss})
-        self.model = model.train()
-        self.opt = torch.optim.SGD(model.parameters(), lr=cfg.lr_for(mode), momentum=cfg.momentum,
-                                   weight_decay=cfg.weight_decay)
-        kw = {"shuffle": True, "num_workers": cfg.num_workers, "seed": cfg.seed}
-        if mode == "joint":
-            driver = sc_data.make_loader(sc_data.with_image_transform(splits.unlabeled, tf),
-                                         cfg.unlabeled_batch_size, drop_last=True, **kw)
-            self.labeled = sc_data.cycle(sc_data.make_loader(sc_data.with_image_transform(splits.labeled, tf),
-                                                             cfg.batch_size, drop_last=True, **kw))
+        self.train_step = harness.BareStep(cfg, splits.num_classes)
+        self.opt = self.train_step.opt
+        if mode == "joint":  # the joint step is driven by the unlabelled loader; the labelled one cycles
+            driver = harness.loader(cfg, splits, splits.unlabeled, train=True, batch_size=cfg.unlabeled_batch_size,
+                                    drop_last=True)
+            self.labeled = sc_data.cycle(harness.loader(cfg, splits, splits.labeled, train=True, drop_last=True))
         else:
-            driver = sc_data.make_loader(sc_data.with_image_transform(splits.labeled, tf), cfg.batch_size, **kw)
+            driver = harness.loader(cfg, splits, splits.labeled, train=True)
             self.labeled = None
         if len(driver) < self.total:
             raise ValueError(f"{len(driver)} batches per epoch < {self.total} steps: the window would cross an "
                              "epoch end")
         self.driver = iter(driver)
-        self.sc_weight = cfg.sc_weight
 
     def step(self) -> int:
         x, y = next(self.driver)
-        if self.labeled is not None:
-            xl, yl = next(self.labeled)
-            out = self.model(torch.cat([xl, x]))
-            loss = F.cross_entropy(out.logits[: xl.shape[0]], yl) + self.sc_weight * out.sc_loss
-            n = xl.shape[0] + x.shape[0]
-        else:
-            loss = F.cross_entropy(self.model(x), y)
-            n = x.shape[0]
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return n
+        if self.labeled is None:
+            return self.train_step(x, y)
+        xl, yl = next(self.labeled)
+        return self.train_step(xl, yl, x)
 
 
-def run_bare(case: Case, mode: str, args: argparse.Namespace, data: Data, profile: cProfile.Profile | None = None
+def run_bare(case: str, mode: str, args: argparse.Namespace, data: Data, profile: cProfile.Profile | None = None
              ) -> dict[str, Any]:
     """The bare loop for warmup + steps steps, timed by the same step hook as the trainer."""
     bare = BareLoop(case, mode, args, data)
@@ -264,15 +190,27 @@ def run_bare(case: Case, mode: str, args: argparse.Namespace, data: Data, profil
     return {"wall_s": wall, "cpu_s": cpu, "images": images}
 
 
-def run_interleaved(case: Case, mode: str, args: argparse.Namespace, data: Data) -> dict[str, Any]:
+@contextlib.contextmanager
+def scratch_trainer(case: str, mode: str, args: argparse.Namespace, steps: int) -> Iterator[tuple[Trainer, float]]:
+    """(Trainer of ``steps`` steps in a temporary run dir, its set-up seconds); its prints go to stderr. The
+    steps must fit in one epoch, so that no epoch end falls inside a measured window."""
+    with tempfile.TemporaryDirectory(prefix="sclearn-eff-") as out, contextlib.redirect_stdout(sys.stderr):
+        start = time.perf_counter()
+        trainer = Trainer(train_config(case, mode, args, output_dir=out, steps=steps))
+        setup_s = time.perf_counter() - start
+        if trainer._steps_per_epoch(mode) < steps:
+            raise ValueError(f"{trainer._steps_per_epoch(mode)} steps per epoch < {steps}: the window would cross "
+                             "an epoch end")
+        yield trainer, setup_s
+
+
+def run_interleaved(case: str, mode: str, args: argparse.Namespace, data: Data) -> dict[str, Any]:
     """Trainer steps and bare steps alternating one by one, inside one ``Trainer.fit``.
 
     The trainer optimizer's step post-hook runs one bare step right away and times it; the trainer's step is
     the time from the hook's return to its next call (data loading, seeding, forward, backward, step, logging:
     everything the trainer does per step). Both sides see the same machine state, step by step.
     """
-    from sclearn import Trainer
-
     total = args.warmup + args.steps
     bare = BareLoop(case, mode, args, data)
     times: dict[str, list[tuple[float, float]]] = {"trainer": [], "bare": []}
@@ -287,10 +225,7 @@ def run_interleaved(case: Case, mode: str, args: argparse.Namespace, data: Data)
         times["bare"].append((w2 - w, c2 - c))
         resume["wall"], resume["cpu"] = time.perf_counter(), time.process_time()
 
-    with tempfile.TemporaryDirectory(prefix="sclearn-eff-") as out, contextlib.redirect_stdout(sys.stderr):
-        trainer = Trainer(train_config(case, mode, args, output_dir=out, steps=total))
-        if trainer._steps_per_epoch(mode) < total:
-            raise ValueError("the trainer's epoch is shorter than the run: the window would cross an epoch end")
+    with scratch_trainer(case, mode, args, total) as (trainer, _):
         handle = trainer.optimizers[mode].optimizer.register_step_post_hook(hook)
         trainer.fit()
         handle.remove()
@@ -305,20 +240,11 @@ def run_interleaved(case: Case, mode: str, args: argparse.Namespace, data: Data)
     }
 
 
-def run_trainer(case: Case, mode: str, args: argparse.Namespace, profile: cProfile.Profile | None = None
+def run_trainer(case: str, mode: str, args: argparse.Namespace, profile: cProfile.Profile | None = None
                 ) -> dict[str, Any]:
     """``Trainer.fit`` timed by a step hook on its optimizer; the run dir is a temporary directory."""
-    from sclearn import Trainer
-
-    total = args.warmup + args.steps
-    with tempfile.TemporaryDirectory(prefix="sclearn-eff-") as out, contextlib.redirect_stdout(sys.stderr):
-        cfg = train_config(case, mode, args, output_dir=out, steps=total)
-        setup_start = time.perf_counter()
-        trainer = Trainer(cfg)
-        setup_s = time.perf_counter() - setup_start
-        steps_per_epoch = trainer._steps_per_epoch(mode)
-        if steps_per_epoch < total:
-            raise ValueError(f"{steps_per_epoch} steps per epoch < {total}: the window would cross an epoch end")
+    with scratch_trainer(case, mode, args, args.warmup + args.steps) as (trainer, setup_s):
+        cfg = trainer.config
         clock = StepClock(trainer.optimizers[mode].optimizer)  # the torch SGD inside accelerate's wrapper
         fit_start = time.perf_counter()
         with profile if profile is not None else contextlib.nullcontext():
@@ -327,7 +253,7 @@ def run_trainer(case: Case, mode: str, args: argparse.Namespace, profile: cProfi
         clock.remove()
         wall, cpu = clock.window(args.warmup, args.steps)
         after_last_step_s = fit_start + fit_s - clock.wall[-1]  # epoch end (checkpoint), export, figures
-        logged = [json.loads(line) for line in Path(out, "metrics.jsonl").read_text().splitlines()]
+        logged = [json.loads(line) for line in (trainer.output_dir / "metrics.jsonl").read_text().splitlines()]
     per_step = args.batch_size + (cfg.unlabeled_batch_size if mode == "joint" else 0)
     windows = [r["img_per_s"] for r in logged if "img_per_s" in r]
     return {
@@ -339,11 +265,9 @@ def run_trainer(case: Case, mode: str, args: argparse.Namespace, profile: cProfi
 
 
 # -- measurement ---------------------------------------------------------------------------------------------
-def measure(case_name: str, mode: str, args: argparse.Namespace, data: Data) -> dict[str, Any]:
-    case = CASES[case_name]
+def measure(case: str, mode: str, args: argparse.Namespace, data: Data) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {"bare": [], "trainer": []}
-    foreign: list[float] = []
-    loads: list[float] = []
+    contention = Contention()
     step_ratios: list[float] = []
 
     def add(side: str, r: dict[str, Any]) -> None:
@@ -353,33 +277,25 @@ def measure(case_name: str, mode: str, args: argparse.Namespace, data: Data) -> 
 
     for rep in range(args.reps):
         if args.interleave == "step":
-            print(f"[trainer_efficiency] {case_name}/{mode} rep {rep + 1}/{args.reps}: interleaved steps",
+            print(f"[trainer_efficiency] {case}/{mode} rep {rep + 1}/{args.reps}: interleaved steps",
                   file=sys.stderr)
-            meter = CpuMeter.start()
-            both = run_interleaved(case, mode, args, data)
+            with contention.measure():
+                both = run_interleaved(case, mode, args, data)
             add("bare", both["bare"])
             add("trainer", both["trainer"])
             step_ratios += both["step_ratios"]
-            f = meter.foreign_cpu_fraction()
-            if f is not None:
-                foreign.append(f)
-            loads.append(load_average()[0])
             continue
         order = ("bare", "trainer") if rep % 2 == 0 else ("trainer", "bare")
         for side in order:
-            print(f"[trainer_efficiency] {case_name}/{mode} rep {rep + 1}/{args.reps}: {side}", file=sys.stderr)
-            meter = CpuMeter.start()
-            add(side, run_bare(case, mode, args, data) if side == "bare" else run_trainer(case, mode, args))
-            f = meter.foreign_cpu_fraction()
-            if f is not None:
-                foreign.append(f)
-            loads.append(load_average()[0])
+            print(f"[trainer_efficiency] {case}/{mode} rep {rep + 1}/{args.reps}: {side}", file=sys.stderr)
+            with contention.measure():
+                add(side, run_bare(case, mode, args, data) if side == "bare" else run_trainer(case, mode, args))
     ratio_wall = [t["img_per_s_wall"] / b["img_per_s_wall"] for b, t in zip(runs["bare"], runs["trainer"])]
     ratio_cpu = [t["img_per_s_cpu"] / b["img_per_s_cpu"] for b, t in zip(runs["bare"], runs["trainer"])]
     logged = [statistics.median(r["logged_img_per_s"][1:]) for r in runs["trainer"]
               if len(r.get("logged_img_per_s", [])) > 1]
     return {
-        "case": case_name, "mode": mode, "backbone": case.backbone,
+        "case": case, "mode": mode, "backbone": CASES[case]["backbone"],
         "images_per_step": runs["bare"][0]["images"] // args.steps,
         "ratio_wall": summarize(ratio_wall, 4),
         "ratio_cpu": summarize(ratio_cpu, 4),
@@ -393,8 +309,7 @@ def measure(case_name: str, mode: str, args: argparse.Namespace, data: Data) -> 
         "trainer_setup_s": summarize([r["setup_s"] for r in runs["trainer"] if "setup_s" in r] or [0.0], 2),
         "trainer_after_last_step_s": summarize([r["after_last_step_s"] for r in runs["trainer"]
                                                 if "after_last_step_s" in r] or [0.0], 3),
-        "foreign_cpu_fraction": summarize(foreign, 3) if foreign else None,
-        "loadavg_1min": summarize(loads, 2),
+        **contention.summary(),
     }
 
 
@@ -430,11 +345,10 @@ def _cumtime(stats: pstats.Stats, suffix: str, func: str) -> tuple[float, int]:
     return total, calls
 
 
-def profile_case(case_name: str, mode: str, args: argparse.Namespace, data: Data) -> dict[str, Any]:
+def profile_case(case: str, mode: str, args: argparse.Namespace, data: Data) -> dict[str, Any]:
     """One trainer run and one bare run under cProfile: ms per measured step of each piece."""
-    case = CASES[case_name]
     steps = args.warmup + args.steps
-    out: dict[str, Any] = {"case": case_name, "mode": mode, "steps": steps}
+    out: dict[str, Any] = {"case": case, "mode": mode, "steps": steps}
     for side in ("trainer", "bare"):
         prof = cProfile.Profile()
         r = run_trainer(case, mode, args, prof) if side == "trainer" else run_bare(case, mode, args, data, prof)
@@ -456,12 +370,8 @@ def profile_case(case_name: str, mode: str, args: argparse.Namespace, data: Data
 
 def epoch_end_cost(args: argparse.Namespace) -> dict[str, Any]:
     """The epoch-end checkpoint (model + optimizer + scheduler + RNG via accelerate.save_state), timed alone."""
-    from sclearn import Trainer
-
-    case = CASES[args.cases[0]]
     times = []
-    with tempfile.TemporaryDirectory(prefix="sclearn-eff-ckpt-") as out, contextlib.redirect_stdout(sys.stderr):
-        trainer = Trainer(train_config(case, "supervised", args, out, steps=1))
+    with scratch_trainer(args.cases[0], "supervised", args, 1) as (trainer, _):
         for _ in range(3 if args.smoke else 5):
             t = time.perf_counter()
             trainer.checkpoints.save(trainer.state.to_dict())
@@ -472,12 +382,8 @@ def epoch_end_cost(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- report --------------------------------------------------------------------------------------------------
-def config_of(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: v for k, v in vars(args).items() if k not in ("write_results",)}
-
-
 def markdown_block(report: dict[str, Any]) -> str:
-    cfg, machine = report["config"], report["machine"]
+    cfg = report["config"]
     rows = []
     for r in report["results"]:
         rw, rc = r["ratio_wall"], r["ratio_cpu"]
@@ -494,14 +400,8 @@ def markdown_block(report: dict[str, Any]) -> str:
     table = markdown_table(["case / mode", "trainer/bare (wall, median)", "mean ± std", "trainer/bare (CPU time)",
                             "bare img/s", "trainer img/s", "ms/step bare / trainer", "foreign CPU",
                             "load (1 min)", "per step pair (median, n)"], rows)
+    title = f"Trainer efficiency: Trainer img/s / bare PyTorch loop img/s, interleaved by {cfg['interleave']}"
     lines = [
-        "## Trainer efficiency: Trainer img/s / bare PyTorch loop img/s, interleaved by "
-        f"{cfg['interleave']}" + (" (smoke)" if cfg["smoke"] else ""),
-        "",
-        f"- Command: `{report['command']}`",
-        f"- Date: {report['date']}",
-        f"- Machine: {machine_line(machine)}",
-        f"- Load: `{report['uptime_start']}` at start, `{report['uptime_end']}` at end",
         (f"- {cfg['reps']} repetitions, each one bare run and one trainer run (ABBA order); a run is {cfg['warmup']} "
          f"warm-up + {cfg['steps']} measured optimizer steps, timed by a step post-hook on the torch optimizer "
          "on both sides (set-up, final evaluation and export excluded; no epoch end inside the window)."
@@ -512,7 +412,7 @@ def markdown_block(report: dict[str, Any]) -> str:
          "backward, step, logging). Ratios: per repetition, sum over measured steps; \"per step pair\": the "
          "median over all step pairs. No epoch end inside the window."),
         ("- \"CPU time\" is the process CPU clock (1 thread, no workers; still inflated by a busy sibling "
-        "hyper-thread). \"foreign CPU\" is the share of the machine other processes used during a repetition."),
+         "hyper-thread). \"foreign CPU\" is the share of the machine other processes used during a repetition."),
         "",
         table,
     ]
@@ -527,35 +427,19 @@ def markdown_block(report: dict[str, Any]) -> str:
         if ec:
             lines += [(f"Epoch-end checkpoint ({ec['case']}): {mean_pm_std(ec['checkpoint_save_ms'], 1)} ms per save, "
                       f"once per {ec['steps_per_epoch_supervised']} supervised steps.")]
-    lines += ["", "Config:", "", fenced(json.dumps(cfg, indent=1), "json")]
-    return "\n".join(lines)
+    return harness.results_block(report, title, lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    torch.set_num_threads(args.threads)
-    report: dict[str, Any] = {
-        "benchmark": "trainer_efficiency",
-        "command": command_line(),
-        "date": now_utc(),
-        "machine": machine_info(torch.device("cpu")),
-        "uptime_start": uptime(),
-        "config": config_of(args),
-        "results": [],
-    }
+    harness.use_threads(args.threads)
+    report = harness.report_header("trainer_efficiency", args)
     data = Data(args)
-    for case in args.cases:
-        for mode in args.modes:
-            report["results"].append(measure(case, mode, args, data))
+    report["results"] = [measure(case, mode, args, data) for case in args.cases for mode in args.modes]
     if args.profile:
         report["profile"] = [profile_case(c, m, args, data) for c in args.cases for m in args.modes]
         report["epoch_end"] = epoch_end_cost(args)
-    report["uptime_end"] = uptime()
-    print_json(report)
-    if args.write_results:
-        key = "-".join(["trainer_efficiency", args.interleave, *args.cases, *(["smoke"] if args.smoke else [])])
-        write_result_block(key, markdown_block(report))
+    harness.publish(report, args, "-".join(["trainer_efficiency", args.interleave, *args.cases]), markdown_block)
     return 0
 
 

@@ -10,24 +10,14 @@ Fashion-MNIST ablation; ``--preset paper`` gives the paper's L2 loss with lambda
     python recipes/cifar10_joint.py --mode supervised             # the CE-only baseline, same budget
 """
 
+from _paper import CIFAR10
+
 from sclearn.cli import run_recipe
 
 PAPER_DEFAULTS = dict(
-    data="uoft-cs/cifar10",
-    protocol="cifar10",
-    labels_per_class=400,
-    backbone="sc_cifar10",
-    layers=("stages.1",),
-    image_size=32,
-    channels=3,
-    translate=2,
-    mode="joint",
-    preset="tuned",
-    lr=0.1,
-    schedule="cosine",
-    epochs=30,
-    batch_size=64,
-    unlabeled_ratio=2.0,
+    **CIFAR10,
+    mode="joint", preset="tuned", lr=0.1, schedule="cosine",
+    epochs=30, batch_size=64, unlabeled_ratio=2.0,
     output_dir="runs/cifar10_joint",
 )
 

@@ -7,26 +7,15 @@ Paper: 79.2% test accuracy with SC initialisation, 72.4% without. Net: Table 4's
 second 2x2 max-pool + BN (``stages.1``), patches covering ~30% of the map.
 """
 
+from _paper import CIFAR10, TWO_STAGE
+
 from sclearn.cli import run_recipe
 
 PAPER_DEFAULTS = dict(
-    data="uoft-cs/cifar10",
-    protocol="cifar10",
-    labels_per_class=400,
-    backbone="sc_cifar10",
-    layers=("stages.1",),
-    image_size=32,
-    channels=3,
-    translate=2,
-    mode="two_stage",
-    preset="paper",
-    patch_size=0.55,
-    pretrain_lr=0.1,
-    lr=0.01,
-    schedule="plateau",
-    pretrain_epochs=50,
-    epochs=50,
-    batch_size=128,
+    **CIFAR10,
+    **TWO_STAGE,
+    patch_size=0.55,  # 0.55^2 ~ 30% of the map area
+    pretrain_epochs=50, epochs=50, batch_size=128,
     output_dir="runs/cifar10_two_stage",
 )
 

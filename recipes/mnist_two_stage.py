@@ -7,26 +7,17 @@ Paper: 0.34% test error with SC initialisation, 0.63% without. MNIST needed patc
 entire image": 6 of the 7 cells of the SC map after the second max-pool + BN (``stages.1``). No flips for digits.
 """
 
+from _paper import TWO_STAGE
+
 from sclearn.cli import run_recipe
 
 PAPER_DEFAULTS = dict(
-    data="ylecun/mnist",
-    protocol="mnist",
-    backbone="sc_mnist",
-    layers=("stages.1",),
-    image_size=28,
-    channels=1,
-    translate=2,
-    hflip=False,
-    mode="two_stage",
-    preset="paper",
+    data="ylecun/mnist", protocol="mnist",  # all 60k train images labelled
+    image_size=28, channels=1, translate=2, hflip=False,  # no flips for digits
+    backbone="sc_mnist", layers=("stages.1",),
+    **TWO_STAGE,
     patch_size=6,  # of 7 cells: almost the entire image
-    pretrain_lr=0.1,
-    lr=0.01,
-    schedule="plateau",
-    pretrain_epochs=20,
-    epochs=30,
-    batch_size=128,
+    pretrain_epochs=20, epochs=30, batch_size=128,
     output_dir="runs/mnist_two_stage",
 )
 

@@ -8,25 +8,17 @@ third block (``stages.2``), patches covering ~30% of the map, SGD lr 0.1 (SC) th
 plateau, small translations and horizontal flips.
 """
 
+from _paper import TWO_STAGE
+
 from sclearn.cli import run_recipe
 
 PAPER_DEFAULTS = dict(
-    data="jxie/stl10",
-    protocol="stl10",
-    backbone="sc_stl10",
-    layers=("stages.2",),
-    image_size=96,
-    channels=3,
-    translate=6,  # ~6% of 96 px, the same fraction as 2 px on 32 px
-    mode="two_stage",
-    preset="paper",
+    data="jxie/stl10", protocol="stl10",
+    image_size=96, channels=3, translate=6,  # ~6% of 96 px, the same fraction as 2 px on 32 px
+    backbone="sc_stl10", layers=("stages.2",),
+    **TWO_STAGE,
     patch_size=0.55,  # 0.55^2 ~ 30% of the map area
-    pretrain_lr=0.1,
-    lr=0.01,
-    schedule="plateau",
-    pretrain_epochs=50,  # the paper trains "until convergence"; plateau drops lr when the loss stalls
-    epochs=50,
-    batch_size=64,
+    pretrain_epochs=50, epochs=50, batch_size=64,  # the paper trains "until convergence"; plateau drops the lr
     output_dir="runs/stl10_two_stage",
 )
 
