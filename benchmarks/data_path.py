@@ -62,7 +62,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` and `_harne
 import _harness as harness
 from common import (
     Contention,
-    fenced,
     interleaved,
     markdown_table,
     mean_pm_std,
@@ -491,7 +490,6 @@ def markdown_block(report: dict[str, Any]) -> str:
                                   for k, v in p["pieces"].items()]
                                  + [[f"own time: `{t['function']}`", "", t["ms_per_step"], ""]
                                     for t in p["top_own_time"][:6]])]
-    lines += ["", "Raw report:", "", fenced(json.dumps(report["ratios"], indent=1), "json")]
     return harness.results_block(report, "Data path: Trainer img/s over the model's own limit, memory vs stream", lines)
 
 

@@ -320,29 +320,12 @@ def measure_case(name: str, args: argparse.Namespace, device: torch.device) -> d
 
 # -- report --------------------------------------------------------------------------------------------
 def config_of(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    return {
-        "cases": {k: asdict(harness.STEP_CASES[k]) for k in args.cases},
-        "batch_size_override": args.batch_size,
-        "steps": args.steps,
-        "max_rounds": args.max_rounds,
-        "max_foreign_cpu": args.max_foreign_cpu,
-        "warmup": args.warmup,
-        "smoke": args.smoke,
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "amp": args.amp,
-        "channels_last": args.channels_last,
-        "compile": args.compile,
-        "loss": repr(build_sc_losses(TrainConfig(**sc_fields(args)), ["layer"])["layer"]),
-        "optimizer": f"SGD(lr={args.lr}, momentum=0.9)",
-        "seed": args.seed,
-        "clock": args.clock,
-        "profile_steps": args.profile,
-        "order": "rounds of one step per kind, order rotated every round; ratio per round, then median",
-        "memory": None if args.no_memory else (
-            "cuda max_memory_allocated per step" if device.type == "cuda"
-            else "torch.profiler profile_memory: peak live bytes allocated during the step, from its start"),
-    }
+    """The flags, with what they resolve to: the cases, the thread count, the loss and how memory is measured."""
+    memory = None if args.no_memory else ("cuda max_memory_allocated per step" if device.type == "cuda" else
+                                          "torch.profiler profile_memory: peak live bytes allocated during the step")
+    return {**vars(args), "cases": {k: asdict(harness.STEP_CASES[k]) for k in args.cases}, "device": str(device),
+            "threads": torch.get_num_threads(), "memory": memory,
+            "loss": repr(build_sc_losses(TrainConfig(**sc_fields(args)), ["layer"])["layer"])}
 
 
 def result_key(args: argparse.Namespace, device: torch.device) -> str:
