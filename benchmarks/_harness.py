@@ -1,22 +1,26 @@
 """What the benchmark scripts share beyond measuring (that is ``common.py``): the flags, the one result cache,
-Trainer runs, the report and its RESULTS.md block, and the library builders the hand-written loops use.
+Trainer runs, the report and its RESULTS.md block, and the models the step-timing benchmarks time.
 
 - Flags: :func:`parser` gives every script ``--smoke``, ``--write-results`` and ``--data``;
-  :func:`add_run_flags` gives the training benchmarks their seeds, thread, resume and directory flags.
+  :func:`add_run_flags` gives the training benchmarks their seeds, thread, resume and directory flags;
+  :func:`add_round_flags` / :func:`parse_round_flags` give the step-timing benchmarks (``overhead``,
+  ``early_stop``) their cases, rounds, clock and thread flags.
 - Cache: :class:`ResultCache` holds one JSON record per finished run, named by a hash of the run's TrainConfig
   fields (:func:`config_hash`). ``sc_ablation``, ``sample_efficiency`` and ``mnist_table3`` all read and write
   their results through it.
 - Report: :func:`report_header` starts every script's JSON report, :func:`results_block` frames its RESULTS.md
   block, :func:`publish` prints the one and writes the other.
-- Library builders: :func:`loader` (data), :func:`sc_losses` (the SC loss per layer) and :class:`BareStep`
-  (the plain PyTorch step the timing benchmarks compare with) build what the Trainer builds, from a
-  ``TrainConfig``. They are the only places in ``benchmarks/`` that assemble these pieces by hand.
+- Models: :func:`build_case` builds a step-timing case through the library's builders
+  (``sclearn.backbones.build_backbone``, ``sclearn.builders.build_sc_model``), as the Trainer does. Data comes
+  from ``sclearn.data.build_loaders`` and SC losses from ``sclearn.builders.build_sc_losses``: nothing in
+  ``benchmarks/`` assembles them by hand.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import functools
 import hashlib
 import json
@@ -26,14 +30,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from accelerate.utils import set_seed
 from common import (
     BENCH_DIR,
+    CLOCKS,
     command_line,
     fenced,
     machine_info,
@@ -45,28 +49,14 @@ from common import (
 )
 from torch import Tensor, nn
 
-from sclearn import MultiLayerSC, PatchProjector, SpatialContrastiveLoss, TrainConfig, Trainer
-from sclearn import data as sc_data
+from sclearn import MultiLayerSC, TrainConfig, Trainer
 from sclearn.backbones import build_backbone
-from sclearn.batching import resumable_loader
+from sclearn.builders import build_sc_model
 from sclearn.config import RESUMABLE_FIELDS
 
 ROOT = BENCH_DIR.parent
 FASHION_MNIST = "idx:/usr/share/datasets/fashion-mnist"
 BIG = 10**6  # "no limit" for epochs and eval_every when a run is bounded by max_steps
-
-
-# Models the timing benchmarks train, as TrainConfig fields.
-MODEL_CASES: dict[str, dict[str, Any]] = {
-    "sc_mnist": dict(backbone="sc_mnist", layers=("stages.1",), channels=1, image_size=None),  # 1 x 28 x 28
-    "resnet18_32": dict(backbone="resnet18", layers=("layer3",), channels=3, image_size=32),  # gray -> RGB, 32 px
-}
-
-
-def describe_cases(cases: dict[str, dict[str, Any]]) -> str:
-    """One help line per case: its backbone, SC layers, channels and image size."""
-    return "; ".join(f"{k} = {c['backbone']} (SC at {', '.join(c['layers'])}, {c['channels']} channel(s), size "
-                     f"{c['image_size'] or 'native'})" for k, c in cases.items())
 
 
 # -- flags -------------------------------------------------------------------------------------------------
@@ -351,72 +341,124 @@ def publish(report: dict[str, Any], args: argparse.Namespace, key: str,
         write_result_block(key + ("-smoke" if args.smoke else ""), render(report))
 
 
-# -- library builders for the hand-written loops --------------------------------------------------------------
-def loader(cfg: TrainConfig, splits: sc_data.SemiSupervisedSplits, ds: Any, *, train: bool,
-           batch_size: int | None = None, drop_last: bool = False, resumable: bool = False,
-           num_workers: int | None = None) -> torch.utils.data.DataLoader:
-    """``ds`` (a split of ``splits``) as the Trainer feeds it: the Trainer's normalisation of ``splits``,
-    ``cfg``'s transform (augmented when ``train``, which also shuffles), batches of (B, C, H, W) images and (B,)
-    labels. ``resumable``: batched by the Trainer's :class:`~sclearn.batching.EpochBatchSampler`.
+# -- the step-timing benchmarks (overhead, early_stop) --------------------------------------------------------
+@dataclass(frozen=True)
+class StepCase:
+    """A model timed on one batch of random images. ``layer=None``: the net's own ``sc_layer`` (Table-4 nets)."""
 
-    The one place in ``benchmarks/`` that builds the normalise -> transform -> loader chain: when
-    ``sclearn.data`` gains its public loader builder, switch to it here.
-    """
-    mean, std = sc_data.normalization_stats(splits, channels=cfg.channels)
-    tf = sc_data.build_transform(train=train, translate=cfg.translate, hflip=cfg.hflip, image_size=cfg.image_size,
-                                 mean=mean, std=std, channels=cfg.channels)
-    workers = cfg.num_workers if num_workers is None else num_workers
-    base = sc_data.make_loader(sc_data.with_image_transform(ds, tf), batch_size or cfg.batch_size, shuffle=train,
-                               drop_last=drop_last, num_workers=workers, seed=cfg.seed)
-    return resumable_loader(base, seed=cfg.seed, drop_last=drop_last) if resumable else base
+    model: str
+    layer: str | None
+    img_size: int
+    batch_size: int
+    num_classes: int = 10
+    in_chans: int = 3
 
 
-def sc_losses(cfg: TrainConfig, layers: Sequence[str]) -> dict[str, SpatialContrastiveLoss]:
-    """The SC loss of each of ``layers`` as the Trainer builds it from ``cfg`` (patch size per layer, distance,
-    temperature, pool, patches, offset, projector).
-
-    The one place in ``benchmarks/`` that builds SC losses by hand: when sclearn has
-    ``build_sc_losses(config, layers)``, switch to it here.
-    """
-    sizes = cfg.layer_patch_sizes or (cfg.patch_size,) * len(layers)
-    return {
-        layer: SpatialContrastiveLoss(
-            size, distance=cfg.distance, temperature=cfg.temperature, pool=cfg.pool, num_patches=cfg.num_patches,
-            min_offset=cfg.min_offset, projector=PatchProjector(out_dim=cfg.projector_dim) if cfg.projector_dim
-            else None)
-        for layer, size in zip(layers, sizes)
-    }
+STEP_CASES: dict[str, StepCase] = {
+    "resnet18_32": StepCase("resnet18", "layer3", 32, 128),
+    "resnet18_96": StepCase("resnet18", "layer3", 96, 32),
+    "sc_cifar10": StepCase("sc_cifar10", None, 32, 128),
+    "sc_stl10": StepCase("sc_stl10", None, 96, 32),
+}
+SMOKE_BATCH = 4
+SMOKE_ROUNDS = (f"tiny run for CI: batch {SMOKE_BATCH}, 2 measured rounds, 1 warm-up round (explicit "
+                "--batch-size/--steps/--warmup still win)")
 
 
-class BareStep:
-    """A training step written by hand in plain PyTorch, on the model the Trainer builds from ``cfg``.
+def add_round_flags(p: argparse.ArgumentParser, *, cases: Sequence[str], threads: int | None, clock: str,
+                    max_foreign_cpu: float) -> None:
+    """The flags of a benchmark that times kinds of training step in interleaved rounds (``common.run_rounds``)
+    on :data:`STEP_CASES`; the defaults that differ between the scripts are arguments."""
+    p.add_argument("--cases", nargs="+", choices=list(STEP_CASES), default=list(cases),
+                   help="cases to run: " + "; ".join(f"{k} = {c.model} at {c.layer or 'its sc_layer'}, "
+                                                     f"{c.img_size}px, batch {c.batch_size}"
+                                                     for k, c in STEP_CASES.items()))
+    p.add_argument("--steps", type=int, default=20,
+                   help="clean measured rounds wanted; each round runs one step of every kind, so this is the "
+                   "number of paired ratios (at least 10 for a result worth writing down)")
+    p.add_argument("--warmup", type=int, default=3, help="unmeasured rounds before timing (one step of each kind)")
+    p.add_argument("--max-rounds", type=int, default=None,
+                   help="give up collecting clean rounds after this many measured rounds and use them all, "
+                   "flagging the case as disturbed (default: 4 x --steps; --smoke: --steps)")
+    p.add_argument("--max-foreign-cpu", type=float, default=max_foreign_cpu,
+                   help="a round is clean when other processes took at most this fraction of the machine's "
+                   "CPU while it ran (from /proc/stat minus this process); only clean rounds are used when "
+                   "there are --steps of them")
+    p.add_argument("--threads", type=int, default=threads, help="torch.set_num_threads" + (
+        "; default: leave torch's choice (usually the core count)" if threads is None else ""))
+    p.add_argument("--clock", choices=CLOCKS, default=clock,
+                   help="clock of the headline numbers (both are always in by_clock on CPU): wall = elapsed "
+                   "time; cpu = this process's CPU time, robust to other processes when --threads 1, "
+                   "but with more threads it also counts OpenMP spin-waiting; wall only on accelerators")
+    p.add_argument("--batch-size", type=int, default=None, help="override every case's batch size")
+    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (momentum 0.9)")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, batch and patch positions")
 
-    The backbone (``sclearn.backbones.build_backbone``), wrapped in ``MultiLayerSC`` with :func:`sc_losses` for
-    ``cfg.layers`` when the mode trains SC; ``torch.optim.SGD`` at the mode's lr; loss CE on the labelled images
-    plus ``sc_weight`` x SC over all images. No accelerate, schedule, logging or checkpoints.
-    """
 
-    def __init__(self, cfg: TrainConfig, num_classes: int) -> None:
-        set_seed(cfg.seed)
-        model: nn.Module = build_backbone(cfg.backbone, num_classes=num_classes, in_chans=cfg.channels,
-                                          **cfg.model_kwargs)
-        if cfg.uses_sc:
-            model = MultiLayerSC(model, list(cfg.layers), loss=sc_losses(cfg, cfg.layers))
-        self.model = model.train()
-        self.opt = torch.optim.SGD(model.parameters(), lr=cfg.lr_for(cfg.stages[-1]), momentum=cfg.momentum,
-                                   weight_decay=cfg.weight_decay)
-        self.sc, self.sc_weight = cfg.uses_sc, cfg.sc_weight
+def parse_round_flags(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, apply ``--smoke`` (:data:`SMOKE_ROUNDS`) and check the flags of :func:`add_round_flags`."""
+    args = p.parse_args(argv)
+    given = argv if argv is not None else sys.argv
+    if args.smoke:
+        args.batch_size = args.batch_size or SMOKE_BATCH
+        args.steps = args.steps if "--steps" in given else 2
+        args.warmup = args.warmup if "--warmup" in given else 1
+    if args.max_rounds is None:
+        args.max_rounds = args.steps if args.smoke else 4 * args.steps
+    if args.steps < 1 or args.warmup < 0 or args.max_rounds < args.steps:
+        p.error("--steps must be >= 1, --warmup >= 0 and --max-rounds >= --steps")
+    if args.batch_size is not None and args.batch_size < 2:
+        p.error("--batch-size must be >= 2 (SC contrasts the other images of the batch)")
+    return args
 
-    def __call__(self, images: Tensor, labels: Tensor, unlabeled: Tensor | None = None) -> int:
-        """One step on (B, C, H, W) labelled ``images`` with (B,) ``labels`` and, with SC, (U, C, H, W)
-        ``unlabeled`` images. Returns the images consumed."""
-        x = images if unlabeled is None else torch.cat([images, unlabeled])
-        if self.sc:
-            out = self.model(x)
-            loss = F.cross_entropy(out.logits[: len(images)], labels) + self.sc_weight * out.sc_loss
-        else:
-            loss = F.cross_entropy(self.model(x), labels)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return len(x)
+
+@dataclass
+class BuiltCase:
+    """A :class:`StepCase` built: the SC-wrapped backbone, an unwrapped twin with the same weights (copied before
+    wrapping, so it carries no hooks), the SC layer, the config of the wrapper, and one batch: ``x`` (B, C, H, W)
+    random images, ``y`` (B,) random labels."""
+
+    model: MultiLayerSC
+    twin: nn.Module
+    layer: str
+    config: TrainConfig
+    x: Tensor
+    y: Tensor
+
+    def info(self) -> dict[str, Any]:
+        return {"model": self.config.backbone, "layer": self.layer, "img_size": self.x.shape[-1],
+                "batch_size": len(self.x)}
+
+
+def build_case(case: StepCase, args: argparse.Namespace, **sc_fields: Any) -> BuiltCase:
+    """``case`` built as the Trainer builds a model, seeded by ``args.seed``, batch ``args.batch_size`` or the
+    case's; ``sc_fields``: the TrainConfig SC fields (``patch_size``, ``distance``, ``pool``...) of the wrapper."""
+    torch.manual_seed(args.seed)
+    backbone = build_backbone(case.model, num_classes=case.num_classes, in_chans=case.in_chans)
+    layer = case.layer or backbone.sc_layer
+    batch = args.batch_size or case.batch_size
+    x = torch.randn(batch, case.in_chans, case.img_size, case.img_size)
+    y = torch.randint(0, case.num_classes, (batch,))
+    twin = copy.deepcopy(backbone)
+    config = TrainConfig(backbone=case.model, layers=(layer,), **sc_fields)
+    return BuiltCase(build_sc_model(config, backbone), twin, layer, config, x, y)
+
+
+def each_case(label: str, cases: Sequence[str], measure: Callable[[str], dict[str, Any]]) -> list[dict[str, Any]]:
+    """``measure(case)`` for every case, in order, each announced on stderr."""
+    results = []
+    for name in cases:
+        print(f"[{label}] {name} ...", file=sys.stderr)
+        results.append(measure(name))
+    return results
+
+
+def rounds_cell(result: dict[str, Any]) -> str:
+    """A result's rounds for a table: "used (clean of measured)", flagged when the disturbed ones were kept."""
+    r = result["rounds"]
+    return f"{r['used']} ({r['clean']} clean of {r['run']})" + ("" if r["clean_only"] else " **disturbed**")
+
+
+def foreign_cell(result: dict[str, Any]) -> str:
+    """The share of the machine other processes took during a result's rounds."""
+    return "?" if result["foreign_cpu_fraction"] is None else f"{result['foreign_cpu_fraction']:.0%}"

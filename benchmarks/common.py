@@ -1,6 +1,6 @@
-"""Measuring helpers shared by the benchmark scripts: machine description, CPU-contention accounting,
-statistics, JSON output and result blocks in ``benchmarks/RESULTS.md`` (no sclearn import; what the scripts
-share on top of it, flags, result cache and library builders, is in ``_harness.py``).
+"""Measuring helpers shared by the benchmark scripts: machine description, CPU-contention accounting, timing
+(training steps, interleaved rounds), statistics, JSON output and result blocks in ``benchmarks/RESULTS.md``
+(no sclearn import; what the scripts share on top of it, flags, result cache and models, is in ``_harness.py``).
 
 Every benchmark prints one JSON object (machine, config, results) on stdout and, when asked, writes the
 same facts as a markdown block into RESULTS.md, next to the exact command that produced them. A block is
@@ -21,12 +21,13 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_MD = BENCH_DIR / "RESULTS.md"
@@ -190,6 +191,122 @@ def wait_until_quiet(max_foreign: float, timeout_s: float, window_s: float = 3.0
         foreign = meter.foreign_cpu_fraction()
         if foreign is None or foreign < max_foreign or time.monotonic() >= deadline:
             return foreign
+
+
+# -- timing ------------------------------------------------------------------------------------------
+Step = Callable[[], Tensor]  # one training step; returns its (detached) loss
+CLOCKS: tuple[str, ...] = ("wall", "cpu")
+CLOCK_WORDS = {"wall": "wall time", "cpu": "process CPU time"}
+
+
+def training_step(loss_of: Callable[[], Tensor], opt: torch.optim.Optimizer,
+                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> Step:
+    """One training step: zero_grad, ``loss_of()`` (forward and loss, under ``autocast()``), backward, optimizer
+    step."""
+
+    def step() -> Tensor:
+        opt.zero_grad(set_to_none=True)
+        with autocast():
+            loss = loss_of()
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    return step
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_step(step: Step, device: torch.device) -> dict[str, float]:
+    """Seconds of one step on both clocks, with the accelerator drained before and after.
+
+    ``wall``: elapsed time. ``cpu``: CPU time of this process, all threads (``time.process_time``). With
+    one thread the CPU clock hardly notices other processes; with several it also counts the time OpenMP
+    threads spin at barriers. On an accelerator only ``wall`` means anything.
+    """
+    synchronize(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    step()
+    synchronize(device)
+    return {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
+
+
+Times = dict[str, dict[str, list[float]]]  # clock -> kind -> seconds per step, in round order
+
+
+@dataclass
+class Rounds:
+    """Measured rounds: per-step seconds of the rounds used, how they were chosen, and the machine meanwhile."""
+
+    times: Times
+    run: int  # rounds measured in all
+    clean: int  # rounds during which other processes took at most --max-foreign-cpu of the machine
+    used_clean_only: bool  # True: ``times`` holds the clean rounds only; False: every round
+    foreign_cpu_fraction: float | None  # other processes' share of the machine over all rounds
+    loadavg_before: list[float]
+    loadavg_after: list[float]
+
+    @property
+    def disturbed(self) -> bool:
+        return not self.used_clean_only
+
+    def by_clock(self, ratios: dict[str, tuple[str, str]], clocks: Sequence[str] = CLOCKS) -> dict[str, Any]:
+        """Per clock: ``ms_per_step`` of each kind, and each of ``ratios`` (name: (numerator kind, denominator
+        kind)) paired per round, summarised."""
+        return {c: {"ms_per_step": {k: summarize([1000 * t for t in ts], 2) for k, ts in self.times[c].items()},
+                    **{name: summarize(paired_ratios(self.times[c], num, den), 4)
+                       for name, (num, den) in ratios.items()}}
+                for c in clocks}
+
+    def record(self) -> dict[str, Any]:
+        """The facts of the rounds for a JSON report."""
+        used = len(next(iter(self.times["wall"].values())))
+        return {"rounds": {"run": self.run, "clean": self.clean, "used": used, "clean_only": self.used_clean_only},
+                "foreign_cpu_fraction": self.foreign_cpu_fraction, "disturbed": self.disturbed,
+                "loadavg_before": self.loadavg_before, "loadavg_after": self.loadavg_after}
+
+
+def run_rounds(steps: dict[str, Step], kinds: list[str], args: Any, device: torch.device) -> Rounds:
+    """``args.warmup`` warm-up rounds, then measured rounds until ``args.steps`` of them were clean (other
+    processes took at most ``args.max_foreign_cpu`` of the machine while they ran) or ``args.max_rounds`` ran.
+
+    A round is one step of every kind, the order rotated every round. With enough clean rounds only those are
+    kept; otherwise every round is, and the result is flagged ``disturbed``. Dropping whole rounds keeps the
+    pairing intact.
+    """
+    for r in range(args.warmup):
+        for kind in rotated(kinds, r):
+            steps[kind]()
+    load_before, overall = load_average(), CpuMeter.start()
+    rounds: list[tuple[dict[str, dict[str, float]], bool]] = []
+    while sum(clean for _, clean in rounds) < args.steps and len(rounds) < args.max_rounds:
+        meter = CpuMeter.start()
+        measured = {kind: time_step(steps[kind], device) for kind in rotated(kinds, len(rounds))}
+        foreign = meter.foreign_cpu_fraction()
+        rounds.append((measured, foreign is None or foreign <= args.max_foreign_cpu))
+    num_clean = sum(clean for _, clean in rounds)
+    clean_only = num_clean >= args.steps
+    kept = [m for m, clean in rounds if clean or not clean_only]
+    times: Times = {c: {kind: [m[kind][c] for m in kept] for kind in kinds} for c in CLOCKS}
+    return Rounds(times, len(rounds), num_clean, clean_only, overall.foreign_cpu_fraction(), list(load_before),
+                  list(load_average()))
+
+
+def paired_ratios(times: dict[str, list[float]], num: str, den: str) -> list[float]:
+    """Per round: the ``num`` kind's time over the ``den`` kind's."""
+    return [a / b for a, b in zip(times[num], times[den])]
+
+
+def interleaved(measurements: dict[str, Callable[[], float]], reps: int, digits: int = 4) -> dict[str, dict[str, float]]:
+    """Every measurement once per repetition, the order rotated each repetition; :func:`summarize` per name."""
+    values: dict[str, list[float]] = {name: [] for name in measurements}
+    for rep in range(reps):
+        for name in rotated(list(measurements), rep):
+            values[name].append(measurements[name]())
+    return {name: summarize(v, digits) for name, v in values.items()}
 
 
 # -- statistics --------------------------------------------------------------------------------------

@@ -179,11 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
     report = harness.report_header("feature_diagnostics", args)
-    cfg = TrainConfig(data=args.data, backbone=args.model, channels=args.channels, seed=args.seed)
-    splits = sc_data.semi_supervised_splits(sc_data.load_image_dataset(args.data), labels_per_class=None, seed=0)
-    test = splits.test.select(range(min(args.num_images, len(splits.test))))
-    loader = harness.loader(cfg, splits, test, train=False, batch_size=500)  # normalised as the Trainer normalises
-    report["num_images"], report["results"] = len(test), []
+    dsd = sc_data.load_image_dataset(args.data)
+    dsd["test"] = dsd["test"].select(range(min(args.num_images, len(dsd["test"]))))
+    splits = sc_data.semi_supervised_splits(dsd, labels_per_class=None, seed=0)
+    # The Trainer's eval loader, normalised as the Trainer normalises; streamed: only the test images are read.
+    cfg = TrainConfig(data=args.data, backbone=args.model, channels=args.channels, seed=args.seed, batch_size=500,
+                      data_path="stream")
+    loader = sc_data.build_loaders(cfg, splits).eval["test"]
+    report["num_images"], report["results"] = len(splits.test), []
     for source in [None, *args.weights]:
         torch.manual_seed(args.seed)
         net = build_backbone(args.model, num_classes=splits.num_classes, in_chans=args.channels)

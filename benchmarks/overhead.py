@@ -39,10 +39,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import resource
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,57 +53,34 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` and `_harness` when run as a script
 
 import _harness as harness
-from common import CpuMeter, load_average, markdown_table, mean_pm_std, rotated, summarize, wait_until_quiet
+from common import (
+    CLOCK_WORDS,
+    CLOCKS,
+    Step,
+    markdown_table,
+    mean_pm_std,
+    run_rounds,
+    synchronize,
+    training_step,
+    wait_until_quiet,
+)
 
-from sclearn import MultiLayerSC, SpatialContrastiveLoss, TrainConfig, resolve_patch_size
-from sclearn.backbones import build_backbone
+from sclearn import SpatialContrastiveLoss, resolve_patch_size
+from sclearn.builders import build_sc_losses
+from sclearn.config import TrainConfig
 from sclearn.losses import DISTANCES
 from sclearn.sampling import POOLS
 
 KINDS: tuple[str, ...] = ("ce", "joint", "plain")
-CLOCKS: tuple[str, ...] = ("wall", "cpu")
-CLOCK_WORDS = {"wall": "wall time", "cpu": "process CPU time"}
-SMOKE_BATCH = 4
-
-
-@dataclass(frozen=True)
-class Case:
-    """One benchmark configuration. ``layer=None`` means the net's own ``sc_layer`` (Table-4 nets)."""
-
-    model: str
-    layer: str | None
-    img_size: int
-    batch_size: int
-    num_classes: int = 10
-    in_chans: int = 3
-
-
-CASES: dict[str, Case] = {
-    "resnet18_32": Case("resnet18", "layer3", 32, 128),
-    "resnet18_96": Case("resnet18", "layer3", 96, 32),
-    "sc_cifar10": Case("sc_cifar10", None, 32, 128),
-    "sc_stl10": Case("sc_stl10", None, 96, 32),
-}
 
 
 # -- argument parsing ----------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = harness.parser("Time a joint CE+SC training step against a plain CE step (paired, interleaved) and print "
                        "one JSON object with machine, config and per-case results.", data=None,
-                       smoke=f"tiny run for CI: batch {SMOKE_BATCH}, 2 measured rounds, 1 warm-up round (explicit "
-                       "--batch-size/--steps/--warmup still win)")
-    p.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES),
-                   help="cases to run: " + "; ".join(
-                       f"{k} = {c.model} at {c.layer or 'its sc_layer'}, {c.img_size}px, batch {c.batch_size}"
-                       for k, c in CASES.items()))
+                       smoke=harness.SMOKE_ROUNDS)
+    harness.add_round_flags(p, cases=harness.STEP_CASES, threads=None, clock="wall", max_foreign_cpu=0.05)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
-    p.add_argument("--steps", type=int, default=20,
-                   help="clean measured rounds wanted; each round runs one step of every kind, so this is the "
-                   "number of paired ratios (at least 10 for a result worth writing down)")
-    p.add_argument("--warmup", type=int, default=3, help="unmeasured rounds before timing (one step of each kind)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads; default: leave torch's choice (usually the core count)")
-    p.add_argument("--batch-size", type=int, default=None, help="override every case's batch size")
     p.add_argument("--channels-last", action="store_true", help="models and batch in channels_last memory format")
     p.add_argument("--compile", action="store_true", help="torch.compile the wrapper and the plain twin")
     p.add_argument("--amp", choices=["none", "bf16"], default="none",
@@ -122,45 +97,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--distance", choices=DISTANCES, default="l2",
                    help="SpatialContrastiveLoss distance")
     p.add_argument("--pool", choices=POOLS, default="flatten", help="SpatialContrastiveLoss pool")
-    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (momentum 0.9)")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights, batch and patch positions")
-    p.add_argument("--max-rounds", type=int, default=None,
-                   help="give up collecting clean rounds after this many measured rounds and use them all, "
-                   "flagging the case as disturbed (default: 4 x --steps; --smoke: --steps)")
-    p.add_argument("--max-foreign-cpu", type=float, default=0.05,
-                   help="a round is clean when other processes took at most this fraction of the machine's "
-                   "CPU while it ran (from /proc/stat minus this process); only clean rounds are used when "
-                   "there are --steps of them")
-    p.add_argument("--clock", choices=CLOCKS, default="wall",
-                   help="clock of the headline numbers (both are always in by_clock on CPU): wall = elapsed "
-                   "time; cpu = this process's CPU time, robust to other processes when --threads 1, "
-                   "but with more threads it also counts OpenMP spin-waiting; wall only on accelerators")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                    help="before each case, wait up to this long for a 3 s window in which other processes "
                    "use less than --max-foreign-cpu of the machine")
-    args = p.parse_args(argv)
-    if args.smoke:
-        args.batch_size = args.batch_size or SMOKE_BATCH
-        if "--steps" not in (argv if argv is not None else sys.argv):
-            args.steps = 2
-        if "--warmup" not in (argv if argv is not None else sys.argv):
-            args.warmup = 1
+    args = harness.parse_round_flags(p, argv)
     if args.clock == "cpu" and not args.device.startswith("cpu"):
         p.error("--clock cpu only makes sense with --device cpu")
-    if args.max_rounds is None:
-        args.max_rounds = args.steps if args.smoke else 4 * args.steps
-    if args.steps < 1 or args.warmup < 0 or args.max_rounds < args.steps:
-        p.error("--steps must be >= 1, --warmup >= 0 and --max-rounds >= --steps")
-    if args.batch_size is not None and args.batch_size < 2:
-        p.error("--batch-size must be >= 2 (SC contrasts the other images of the batch)")
     return args
 
 
 # -- model and steps -----------------------------------------------------------------------------------
-def make_loss(args: argparse.Namespace, layer: str) -> SpatialContrastiveLoss:
-    """The SC loss under test; the default is the paper's (L2, T = 1, flattened 0.55-side patches)."""
-    cfg = TrainConfig(patch_size=args.patch_size, distance=args.distance, pool=args.pool)
-    return harness.sc_losses(cfg, [layer])[layer]
+def sc_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The SC loss under test, as TrainConfig fields; the default is the paper's (L2, T = 1, flattened 0.55-side
+    patches)."""
+    return dict(patch_size=args.patch_size, distance=args.distance, pool=args.pool)
 
 
 def sc_geometry(backbone: nn.Module, layer: str, x: Tensor, loss: SpatialContrastiveLoss) -> dict[str, Any]:
@@ -186,32 +136,6 @@ def sc_geometry(backbone: nn.Module, layer: str, x: Tensor, loss: SpatialContras
     return {"sc_map_chw": [c, h, w], "patch_cells": [ph, pw], "patch_dim": dim}
 
 
-Step = Callable[[], Tensor]
-
-
-def make_step(
-    forward: Callable[[Tensor], tuple[Tensor, Tensor | None]],
-    opt: torch.optim.Optimizer,
-    x: Tensor,
-    y: Tensor,
-    autocast: Callable[[], contextlib.AbstractContextManager],
-) -> Step:
-    """One full training step: zero_grad, forward, CE (+ SC), backward, SGD step. Returns the loss."""
-
-    def step() -> Tensor:
-        opt.zero_grad(set_to_none=True)
-        with autocast():
-            logits, sc_loss = forward(x)
-            loss = F.cross_entropy(logits, y)
-            if sc_loss is not None:
-                loss = loss + sc_loss
-        loss.backward()
-        opt.step()
-        return loss.detach()
-
-    return step
-
-
 @dataclass
 class Setup:
     """A built case: its step kinds, a way to free every gradient, and facts about it."""
@@ -221,22 +145,15 @@ class Setup:
     info: dict[str, Any]
 
 
-def build_steps(case: Case, args: argparse.Namespace, device: torch.device) -> Setup:
+def build_steps(case: harness.StepCase, args: argparse.Namespace, device: torch.device) -> Setup:
     """The three step kinds of one case, sharing one batch, plus the case's SC geometry."""
-    torch.manual_seed(args.seed)
-    backbone = build_backbone(case.model, num_classes=case.num_classes, in_chans=case.in_chans)
-    layer = case.layer or backbone.sc_layer
-    batch = args.batch_size or case.batch_size
-    x = torch.randn(batch, case.in_chans, case.img_size, case.img_size)
-    y = torch.randint(0, case.num_classes, (batch,))
-    twin = copy.deepcopy(backbone)  # copied before wrapping, so it carries no hooks
-    loss = make_loss(args, layer)
-    geometry = sc_geometry(backbone, layer, x, loss)
-    wrapper = MultiLayerSC(backbone, layers=[layer], loss=loss)
+    built = harness.build_case(case, args, **sc_fields(args))
+    wrapper, twin, layer = built.model, built.twin, built.layer
+    geometry = sc_geometry(wrapper.backbone, layer, built.x, wrapper.loss_for(layer))  # hooks dormant here
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     wrapper.to(device, memory_format=fmt).train()
     twin.to(device, memory_format=fmt).train()
-    x, y = x.to(device).contiguous(memory_format=fmt), y.to(device)
+    x, y = built.x.to(device).contiguous(memory_format=fmt), built.y.to(device)
     run_wrapper: nn.Module = torch.compile(wrapper) if args.compile else wrapper
     run_twin: nn.Module = torch.compile(twin) if args.compile else twin
     sgd = {"lr": args.lr, "momentum": 0.9}
@@ -248,106 +165,22 @@ def build_steps(case: Case, args: argparse.Namespace, device: torch.device) -> S
             return torch.autocast(device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def ce_forward(inp: Tensor) -> tuple[Tensor, None]:
-        return run_wrapper(inp, compute_sc=False).logits, None
-
-    def joint_forward(inp: Tensor) -> tuple[Tensor, Tensor]:
-        out = run_wrapper(inp)
-        return out.logits, out.sc_loss
-
-    def plain_forward(inp: Tensor) -> tuple[Tensor, None]:
-        return run_twin(inp), None
+    def joint_loss() -> Tensor:
+        out = run_wrapper(x)
+        return F.cross_entropy(out.logits, y) + out.sc_loss
 
     steps = {
-        "ce": make_step(ce_forward, opt_wrapper, x, y, autocast),
-        "joint": make_step(joint_forward, opt_wrapper, x, y, autocast),
-        "plain": make_step(plain_forward, opt_twin, x, y, autocast),
+        "ce": training_step(lambda: F.cross_entropy(run_wrapper(x, compute_sc=False).logits, y), opt_wrapper,
+                            autocast),
+        "joint": training_step(joint_loss, opt_wrapper, autocast),
+        "plain": training_step(lambda: F.cross_entropy(run_twin(x), y), opt_twin, autocast),
     }
-    info = {"model": case.model, "layer": layer, "img_size": case.img_size, "batch_size": batch, **geometry}
 
     def free_grads() -> None:
         opt_wrapper.zero_grad(set_to_none=True)
         opt_twin.zero_grad(set_to_none=True)
 
-    return Setup(steps, free_grads, info)
-
-
-# -- timing --------------------------------------------------------------------------------------------
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_step(step: Step, device: torch.device) -> dict[str, float]:
-    """Seconds of one step on both clocks, with the accelerator drained before and after.
-
-    ``wall``: elapsed time. ``cpu``: CPU time of this process, all threads (``time.process_time``). With
-    one thread the CPU clock hardly notices other processes; with several it also counts the time OpenMP
-    threads spin at barriers. On an accelerator only ``wall`` means anything.
-    """
-    synchronize(device)
-    wall, cpu = time.perf_counter(), time.process_time()
-    step()
-    synchronize(device)
-    return {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
-
-
-Times = dict[str, dict[str, list[float]]]  # clock -> kind -> seconds per step, in round order
-
-
-@dataclass
-class Rounds:
-    """Measured rounds: per-step seconds of the rounds used, and how they were chosen."""
-
-    times: Times
-    run: int  # rounds measured in all
-    clean: int  # rounds during which other processes took at most --max-foreign-cpu of the machine
-    used_clean_only: bool  # True: ``times`` holds the clean rounds only; False: every round
-
-    @property
-    def disturbed(self) -> bool:
-        return not self.used_clean_only
-
-
-def run_rounds(steps: dict[str, Step], kinds: list[str], args: argparse.Namespace,
-               device: torch.device) -> Rounds:
-    """Warm-up rounds, then measured rounds until ``args.steps`` of them were clean (other processes
-    took at most ``--max-foreign-cpu`` of the machine while they ran) or ``--max-rounds`` ran.
-
-    With enough clean rounds only those are kept; otherwise every round is, and the case is flagged.
-    Each round is one step of every kind, so dropping a round keeps the pairing intact.
-    """
-    for r in range(args.warmup):
-        for kind in rotated(kinds, r):
-            steps[kind]()
-    rounds: list[tuple[dict[str, dict[str, float]], bool]] = []
-    while sum(clean for _, clean in rounds) < args.steps and len(rounds) < args.max_rounds:
-        meter = CpuMeter.start()
-        measured = {kind: time_step(steps[kind], device) for kind in rotated(kinds, len(rounds))}
-        foreign = meter.foreign_cpu_fraction()
-        rounds.append((measured, foreign is None or foreign <= args.max_foreign_cpu))
-    num_clean = sum(clean for _, clean in rounds)
-    clean_only = num_clean >= args.steps
-    kept = [m for m, clean in rounds if clean or not clean_only]
-    times: Times = {c: {kind: [m[kind][c] for m in kept] for kind in kinds} for c in CLOCKS}
-    return Rounds(times, len(rounds), num_clean, clean_only)
-
-
-def paired_ratios(times: dict[str, list[float]], num: str, den: str) -> list[float]:
-    return [a / b for a, b in zip(times[num], times[den])]
-
-
-def timing_summary(times: dict[str, list[float]], kinds: list[str]) -> dict[str, Any]:
-    """ms per step and the paired ratios, for one clock."""
-    out: dict[str, Any] = {"ms_per_step": {k: summarize([1000 * t for t in times[k]], 2) for k in kinds}}
-    out["ratio_joint_over_ce"] = summarize(paired_ratios(times, "joint", "ce"), 4)
-    # Interference only ever adds time, so the ratio of the fastest steps is a second, contention-robust
-    # estimate (it needs enough rounds for each kind to get one undisturbed step).
-    out["ratio_of_min_times_joint_over_ce"] = round(min(times["joint"]) / min(times["ce"]), 4)
-    if "plain" in kinds:
-        out["ratio_ce_over_plain"] = summarize(paired_ratios(times, "ce", "plain"), 4)
-        out["ratio_joint_over_plain"] = summarize(paired_ratios(times, "joint", "plain"), 4)
-    return out
+    return Setup(steps, free_grads, {**built.info(), **geometry})
 
 
 # -- profile -------------------------------------------------------------------------------------------
@@ -458,57 +291,41 @@ def max_rss_mib() -> float:
 # -- one case ------------------------------------------------------------------------------------------
 def measure_case(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Build, warm up, time and (optionally) memory-profile one case."""
-    setup = build_steps(CASES[name], args, device)
+    setup = build_steps(harness.STEP_CASES[name], args, device)
     steps = setup.steps
     kinds = ["ce", "joint"] if args.no_plain else list(KINDS)
     if args.wait_quiet > 0:
         wait_until_quiet(args.max_foreign_cpu, args.wait_quiet)
-    load_before = load_average()
-    meter = CpuMeter.start()
     rounds = run_rounds(steps, kinds, args, device)
-    foreign = meter.foreign_cpu_fraction()
     clocks = ["wall"] if device.type != "cpu" else list(CLOCKS)
-    by_clock = {clock: timing_summary(rounds.times[clock], kinds) for clock in clocks}
+    ratios = {"ratio_joint_over_ce": ("joint", "ce")}
+    if "plain" in kinds:
+        ratios.update(ratio_ce_over_plain=("ce", "plain"), ratio_joint_over_plain=("joint", "plain"))
+    by_clock = rounds.by_clock(ratios, clocks)
+    for clock, times in rounds.times.items():
+        # Interference only ever adds time, so the ratio of the fastest steps is a second, contention-robust
+        # estimate (it needs enough rounds for each kind to get one undisturbed step).
+        if clock in by_clock:
+            by_clock[clock]["ratio_of_min_times_joint_over_ce"] = round(min(times["joint"]) / min(times["ce"]), 4)
     result: dict[str, Any] = {"case": name, **setup.info, "clock": args.clock, **by_clock[args.clock]}
     result["by_clock"] = by_clock
-    result["rounds"] = {"run": rounds.run, "clean": rounds.clean, "used": len(rounds.times["wall"]["ce"]),
-                        "clean_only": rounds.used_clean_only}
     result["loss_last"] = {k: float(steps[k]()) for k in ("ce", "joint")}  # also proves the steps run
     if args.profile:
         result["profile"] = profile_sc_ops(steps, args.profile, device)
     if not args.no_memory:
         result["peak_memory"] = measure_memory(steps, kinds, device, setup.free_grads)
-    result["foreign_cpu_fraction"] = foreign  # over all measured rounds, clean or not
-    result["disturbed"] = rounds.disturbed
-    result["loadavg_before"], result["loadavg_after"] = list(load_before), list(load_average())
+    result.update(rounds.record())  # foreign CPU share: over all measured rounds, clean or not
     return result
 
 
 # -- report --------------------------------------------------------------------------------------------
 def config_of(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    return {
-        "cases": {k: asdict(CASES[k]) for k in args.cases},
-        "batch_size_override": args.batch_size,
-        "steps": args.steps,
-        "max_rounds": args.max_rounds,
-        "max_foreign_cpu": args.max_foreign_cpu,
-        "warmup": args.warmup,
-        "smoke": args.smoke,
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "amp": args.amp,
-        "channels_last": args.channels_last,
-        "compile": args.compile,
-        "loss": repr(make_loss(args, "layer")),
-        "optimizer": f"SGD(lr={args.lr}, momentum=0.9)",
-        "seed": args.seed,
-        "clock": args.clock,
-        "profile_steps": args.profile,
-        "order": "rounds of one step per kind, order rotated every round; ratio per round, then median",
-        "memory": None if args.no_memory else (
-            "cuda max_memory_allocated per step" if device.type == "cuda"
-            else "torch.profiler profile_memory: peak live bytes allocated during the step, from its start"),
-    }
+    """The flags, with what they resolve to: the cases, the thread count, the loss and how memory is measured."""
+    memory = None if args.no_memory else ("cuda max_memory_allocated per step" if device.type == "cuda" else
+                                          "torch.profiler profile_memory: peak live bytes allocated during the step")
+    return {**vars(args), "cases": {k: asdict(harness.STEP_CASES[k]) for k in args.cases}, "device": str(device),
+            "threads": torch.get_num_threads(), "memory": memory,
+            "loss": repr(build_sc_losses(TrainConfig(**sc_fields(args)), ["layer"])["layer"])}
 
 
 def result_key(args: argparse.Namespace, device: torch.device) -> str:
@@ -518,7 +335,7 @@ def result_key(args: argparse.Namespace, device: torch.device) -> str:
         parts += [f"{torch.get_num_threads()}threads", f"{args.clock}clock"]
     parts += [flag for flag, on in (("bf16", args.amp == "bf16"), ("channels_last", args.channels_last),
                                     ("compile", args.compile), ("profile", bool(args.profile))) if on]
-    if list(args.cases) != list(CASES):  # a subset of the cases gets its own block
+    if list(args.cases) != list(harness.STEP_CASES):  # a subset of the cases gets its own block
         parts.append("+".join(args.cases))
     return "-".join(parts)
 
@@ -580,7 +397,7 @@ def markdown_block(report: dict[str, Any], device: torch.device) -> str:
             f"{ms['joint']['median']:.1f}",
             f"{r['ratio_ce_over_plain']['median']:.3f}" if "ratio_ce_over_plain" in r else "-",
             f"{_mem_cell(r, 'ce')} / {_mem_cell(r, 'joint')}",
-            f"{r['foreign_cpu_fraction']:.0%}" if r["foreign_cpu_fraction"] is not None else "?",
+            harness.foreign_cell(r),
         ])
     mem_unit = ("MiB, max allocated (above step start)" if device.type == "cuda"
                 else "MiB allocated by the step above its start, torch.profiler")
@@ -591,10 +408,7 @@ def markdown_block(report: dict[str, Any], device: torch.device) -> str:
         rows,
     )
     return harness.results_block(report, f"SC training-step overhead, {device.type}", [
-        "- Rounds used (clean / measured): " + ", ".join(
-            f"{r['case']} {r['rounds']['used']} ({r['rounds']['clean']} / {r['rounds']['run']})"
-            + ("" if r["rounds"]["clean_only"] else " **disturbed: all rounds used**")
-            for r in report["results"]),
+        "- Rounds used: " + ", ".join(f"{r['case']} {harness.rounds_cell(r)}" for r in report["results"]),
         (
             f"- Ratios are per round (CE step, joint step, plain step, order rotated each round), "
             f"{config['warmup']} warm-up rounds; a round is clean when other processes used at most "
@@ -614,10 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     report = harness.report_header("overhead", args, config_of(args, device), device)
-    report["results"] = []
-    for name in args.cases:
-        print(f"[overhead] {name} ...", file=sys.stderr)
-        report["results"].append(measure_case(name, args, device))
+    report["results"] = harness.each_case("overhead", args.cases, lambda name: measure_case(name, args, device))
     report["max_rss_mib"] = max_rss_mib()
     harness.publish(report, args, result_key(args, device), lambda r: markdown_block(r, device))
     return 0

@@ -166,9 +166,9 @@ def probe_arm(spec: dict[str, Any]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for lpc in spec["lpcs"]:
         splits = sc_data.semi_supervised_splits(dsd, labels_per_class=lpc, seed=spec["seed"])
-        train, test = (harness.loader(cfg, splits, ds, train=False, batch_size=256)
-                       for ds in (splits.labeled, splits.test))
-        results[str(lpc)] = {name: probe_representation(net, PROBE_LAYER, train, test, pool=PROBE_POOL)
+        probe = sc_data.build_loaders(cfg, splits).probe  # the labelled and test sets, whole and unaugmented
+        results[str(lpc)] = {name: probe_representation(net, PROBE_LAYER, probe["bank"], probe["test"],
+                                                        pool=PROBE_POOL)
                              for name, net in (("random", random_net), ("sc", sc_net))}
     return {"name": spec["name"], "stage": "probe", "seed": spec["seed"], "pretrain_steps": spec["steps"],
             "params": spec["params"], "layer": PROBE_LAYER, "pool": PROBE_POOL, "results": results,

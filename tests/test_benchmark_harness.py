@@ -1,5 +1,6 @@
 """The benchmark harness: result cache keys, the cache itself, the committed results it must keep finding, the
-timing read from a run's log, the RESULTS.md publishing, and the library builders the hand-written loops use."""
+timing read from a run's log, the RESULTS.md publishing, the interleaved-round timing and the models the timing
+benchmarks build."""
 
 from __future__ import annotations
 
@@ -9,12 +10,10 @@ import importlib
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import balanced_labels, pattern_images
 from tests.test_benchmark_scripts import BENCH, ROOT, load_script
 
 load_script("common.py")  # puts benchmarks/ on sys.path, where the scripts find `_harness`
@@ -159,54 +158,113 @@ def test_publish_prints_the_report_and_writes_a_smoke_block_under_its_own_key(mo
     assert "- a line\n\nConfig:" in body and json.dumps(report["config"], indent=1) in body
 
 
-# -- library builders ----------------------------------------------------------------------------------------
-def test_loader_normalises_as_the_trainer_does(idx_dir: Path) -> None:
-    from sclearn import data as sc_data
-
-    cfg = harness.TrainConfig(data=f"idx:{idx_dir}", channels=1, translate=2, batch_size=16)
-    splits = sc_data.semi_supervised_splits(sc_data.load_image_dataset(cfg.data), labels_per_class=None, seed=0)
-    images, labels = next(iter(harness.loader(cfg, splits, splits.test, train=False, batch_size=7)))
-    # the fixture's own arrays (conftest.write_idx_dir): train seed 0, test seed 1
-    train = pattern_images(balanced_labels(30, seed=0), seed=0).astype(np.float64) / 255
-    test = pattern_images(test_labels := balanced_labels(10, seed=1), seed=1)[:7].astype(np.float64) / 255
-    expected = (test - train.mean()) / train.std()
-    assert images.shape == (7, 1, 28, 28) and labels.tolist() == test_labels[:7].tolist()
-    np.testing.assert_allclose(images[:, 0].numpy(), expected, atol=1e-5)
-    shuffled = harness.loader(cfg, splits, splits.labeled, train=True, drop_last=True, resumable=True)
-    assert len(shuffled) == len(splits.labeled) // 16 and hasattr(shuffled.batch_sampler, "set_position")
+# -- timing --------------------------------------------------------------------------------------------------
+common = importlib.import_module("common")
 
 
-def test_sc_losses_follow_the_config_per_layer() -> None:
-    cfg = harness.TrainConfig(layers=("a", "b"), layer_patch_sizes=(2, 0.5), distance="cosine", temperature=0.1,
-                              pool="mean", num_patches=3, min_offset=1, projector_dim=8)
-    losses = harness.sc_losses(cfg, cfg.layers)
-    assert list(losses) == ["a", "b"] and [loss.patch_size for loss in losses.values()] == [2, 0.5]
-    for loss in losses.values():
-        assert (loss.distance, loss.temperature, loss.pool, loss.num_patches, loss.min_offset) == (
-            "cosine", 0.1, "mean", 3, 1)
-    assert losses["a"].projector is not None and losses["a"].projector is not losses["b"].projector
-    plain = harness.sc_losses(harness.TrainConfig(patch_size=0.55), ["x"])["x"]
-    assert plain.patch_size == 0.55 and plain.projector is None and plain.distance == "l2"
-
-
-def test_bare_step_is_one_sgd_step_on_the_labelled_cross_entropy() -> None:
-    cfg = harness.TrainConfig(backbone="sc_mnist", channels=1, layers=("stages.1",), mode="joint", sc_weight=0.0,
-                              lr=0.1, momentum=0.0, weight_decay=0.0, seed=3)
-    step = harness.BareStep(cfg, num_classes=10)
-    backbone = copy.deepcopy(step.model.backbone)
+def test_training_step_is_one_optimizer_step_on_the_loss() -> None:
     torch.manual_seed(0)
-    x, y, unlabeled = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,)), torch.randn(8, 1, 28, 28)
-    assert step(x, y, unlabeled) == 12
-    # the reference: CE on the labelled rows of one forward over all 12 images, plain SGD (batch norm sees all 12)
-    loss = F.cross_entropy(backbone(torch.cat([x, unlabeled]))[:4], y)
+    net, x = torch.nn.Linear(3, 2), torch.randn(5, 3)
+    before = copy.deepcopy(net)
+    step = common.training_step(lambda: net(x).square().mean(), torch.optim.SGD(net.parameters(), lr=0.5))
+    loss = step()
+    reference = before(x).square().mean()
+    grads = torch.autograd.grad(reference, list(before.parameters()))
+    assert not loss.requires_grad and loss.item() == pytest.approx(reference.item())
+    for p, q, g in zip(net.parameters(), before.parameters(), grads):
+        torch.testing.assert_close(p.detach(), (q - 0.5 * g).detach())
+    step()  # the gradient is zeroed first: a second step uses its own gradient only
+    assert net.weight.grad is not None
+
+
+def test_run_rounds_warms_up_rotates_keeps_the_clean_rounds_and_pairs_them(monkeypatch) -> None:
+    calls: list[str] = []
+    steps = {k: (lambda k=k: calls.append(k)) for k in ("a", "b")}
+    seconds = iter(range(1, 100))  # each timed step takes 1, 2, 3, ... s on both clocks
+
+    def fake_time_step(step, device):
+        step()
+        t = float(next(seconds))
+        return {"wall": t, "cpu": t / 10}
+
+    foreign = iter([0.0, 0.5, 0.0, 0.9])  # per round (the second is disturbed), then over all rounds
+    monkeypatch.setattr(common, "time_step", fake_time_step)
+    monkeypatch.setattr(common.CpuMeter, "foreign_cpu_fraction", lambda self: next(foreign))
+    args = argparse.Namespace(warmup=1, steps=2, max_rounds=5, max_foreign_cpu=0.1)
+    rounds = common.run_rounds(steps, ["a", "b"], args, torch.device("cpu"))
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then the order rotates every round
+    assert (rounds.run, rounds.clean, rounds.used_clean_only, rounds.foreign_cpu_fraction) == (3, 2, True, 0.9)
+    # round 1: a=1 s, b=2 s; round 2 (dropped): b=3, a=4; round 3: a=5, b=6
+    assert rounds.times["wall"] == {"a": [1.0, 5.0], "b": [2.0, 6.0]}
+    stats = rounds.by_clock({"a_over_b": ("a", "b")})
+    assert stats["cpu"]["a_over_b"]["mean"] == pytest.approx((1 / 2 + 5 / 6) / 2, abs=1e-4)  # 4 digits kept
+    assert stats["wall"]["ms_per_step"]["b"]["median"] == 4000.0
+    assert rounds.record()["rounds"] == {"run": 3, "clean": 2, "used": 2, "clean_only": True}
+    monkeypatch.setattr(common.CpuMeter, "foreign_cpu_fraction", lambda self: 0.9)  # never clean: all kept
+    disturbed = common.run_rounds(steps, ["a", "b"], args, torch.device("cpu"))
+    assert (disturbed.run, disturbed.clean, disturbed.disturbed) == (5, 0, True)
+    assert len(disturbed.times["wall"]["a"]) == 5
+
+
+def test_interleaved_rotates_the_order_and_summarises_each_measurement() -> None:
+    order: list[str] = []
+    stats = common.interleaved({k: (lambda k=k: order.append(k) or float(len(order))) for k in "xyz"}, reps=3)
+    assert "".join(order) == "xyzyzxzxy"
+    assert [stats[k]["n"] for k in "xyz"] == [3, 3, 3] and stats["x"]["mean"] == pytest.approx((1 + 6 + 8) / 3)
+
+
+# -- the step-timing benchmarks' flags and models ------------------------------------------------------------
+def round_flags(argv: list[str]) -> argparse.Namespace:
+    p = harness.parser("t", smoke=harness.SMOKE_ROUNDS, data=None)
+    harness.add_round_flags(p, cases=["sc_cifar10"], threads=1, clock="cpu", max_foreign_cpu=0.2)
+    return harness.parse_round_flags(p, argv)
+
+
+def test_round_flags_smoke_defaults_lose_to_explicit_flags_and_bad_values_are_refused(capsys) -> None:
+    args = round_flags([])
+    assert (args.cases, args.steps, args.warmup, args.max_rounds, args.batch_size) == (["sc_cifar10"], 20, 3, 80, None)
+    smoke = round_flags(["--smoke"])
+    assert (smoke.steps, smoke.warmup, smoke.max_rounds, smoke.batch_size) == (2, 1, 2, harness.SMOKE_BATCH)
+    assert round_flags(["--smoke", "--steps", "5", "--batch-size", "8"]).steps == 5
+    for bad in (["--batch-size", "1"], ["--steps", "4", "--max-rounds", "3"]):
+        with pytest.raises(SystemExit):
+            round_flags(bad)
+    assert "--batch-size must be >= 2" in capsys.readouterr().err
+
+
+def test_build_case_wraps_the_backbone_as_the_trainer_does_beside_a_hookless_twin() -> None:
+    args = argparse.Namespace(seed=0, batch_size=3)
+    built = harness.build_case(harness.STEP_CASES["sc_cifar10"], args, patch_size=0.5, distance="cosine")
+    assert built.layer == built.model.backbone.sc_layer and built.info() == {
+        "model": "sc_cifar10", "layer": built.layer, "img_size": 32, "batch_size": 3}
+    assert built.x.shape == (3, 3, 32, 32) and built.y.shape == (3,)
+    loss = built.model.loss_for(built.layer)
+    assert (loss.patch_size, loss.distance) == (0.5, "cosine")
+    twin, backbone = built.twin.state_dict(), built.model.backbone.state_dict()
+    assert all(torch.equal(twin[k], backbone[k]) for k in backbone)
+    assert not any(m._forward_hooks for m in built.twin.modules())  # the wrapper's hooks are on the backbone only
+    assert any(m._forward_hooks for m in built.model.backbone.modules())
+
+
+def test_data_path_limit_is_the_trainers_network_and_one_sgd_step() -> None:
+    dp = load_script("data_path.py")
+    cfg = harness.TrainConfig(backbone="sc_mnist", channels=1, layers=("stages.1",), mode="joint", sc_weight=0.0,
+                              lr=0.1, momentum=0.0, weight_decay=0.0, seed=3, batch_size=4)
+    limit = dp.Limit(cfg)
+    assert isinstance(limit.model, harness.MultiLayerSC) and limit.images_per_step == 4 + cfg.unlabeled_batch_size
+    backbone = copy.deepcopy(limit.model.backbone)
+    limit.step()
+    # the reference: CE on the labelled rows of one forward over all images, plain SGD (batch norm sees them all)
+    loss = F.cross_entropy(backbone(limit.x)[:4], limit.y)
     grads = torch.autograd.grad(loss, list(backbone.parameters()))
-    for (name, p), g, q in zip(backbone.named_parameters(), grads, step.model.backbone.parameters()):
+    for (name, p), g, q in zip(backbone.named_parameters(), grads, limit.model.backbone.parameters()):
         torch.testing.assert_close(q.detach(), (p - 0.1 * g).detach(), msg=name)
-    supervised = harness.BareStep(harness.TrainConfig(backbone="sc_mnist", channels=1), num_classes=10)
-    assert not isinstance(supervised.model, harness.MultiLayerSC) and supervised(x, y) == 4
+    supervised = dp.Limit(harness.TrainConfig(backbone="sc_mnist", channels=1, batch_size=4))
+    assert not isinstance(supervised.model, harness.MultiLayerSC) and supervised.images_per_step == 4
+    assert supervised.img_per_s(1, 1) > 0
 
 
-@pytest.mark.parametrize("script", ["overhead.py", "sc_ablation.py"])
+@pytest.mark.parametrize("script", ["overhead.py", "early_stop.py", "sc_ablation.py"])
 def test_help_of_the_scripts_without_data_smoke(script: str, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         load_script(script).parse_args(["--help"])
