@@ -12,6 +12,7 @@ from sclearn.config import TrainConfig
 from sclearn.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))  # recipes import their shared `_paper` module, as scripts do
 RECIPES = ["cifar10_joint.py", "cifar10_two_stage.py", "mnist_two_stage.py", "stl10_two_stage.py"]
 JOINT = runpy.run_path(str(ROOT / "recipes" / "cifar10_joint.py"))["PAPER_DEFAULTS"]  # preset "tuned"
 TIMING = {"img_per_s"}  # the only measured-time field of metrics.jsonl
