@@ -185,8 +185,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, backbone: 
                      "label_names": list(meta["class_names"]), "input_size": meta["input_size"],
                      "mean": meta["mean"], "std": meta["std"]}, indent=2) + "\n")
         (staged / TRAINING_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        arch = {"timm": model.pretrained_cfg.get("architecture"), "torchvision": config["backbone"]}.get(
-            kind, f"{type(model).__module__}.{type(model).__qualname__}")
+        arch = (model.pretrained_cfg["architecture"] if kind == "timm" else config["backbone"] if
+                kind == "torchvision" else f"{type(model).__module__}.{type(model).__qualname__}")
         card = model_card(config, meta, summary, kind=kind, arch=arch,
                           num_params=sum(p.numel() for p in model.parameters()),
                           probe=_read_json(run_dir / PROBE_FILE), command=_read_json(run_dir / COMMAND_FILE),
