@@ -139,8 +139,12 @@ def comparison_series(runs: Mapping[str, str | Path]) -> dict[str, dict[str, tup
     return series
 
 
-def comparison_figure(series: dict[str, dict[str, tuple[list[float], list[float]]]], title: str = "") -> Any:
-    """Two panels: test accuracy (%) of every arm against step, and the SC loss of the arms that have one."""
+def comparison_figure(series: dict[str, dict[str, tuple[list[float], list[float]]]], title: str = "",
+                      note: str = "") -> Any:
+    """Two panels: test accuracy (%) of every arm against step, and the SC loss of the arms that have one.
+
+    ``note`` is printed in the accuracy panel (e.g. how large a difference the seed alone makes).
+    """
     fig = _figure(11, 4.2)
     acc_ax, sc_ax = fig.subplots(1, 2)
     no_sc = []
@@ -158,10 +162,14 @@ def comparison_figure(series: dict[str, dict[str, tuple[list[float], list[float]
     acc_ax.set(title="test accuracy", xlabel="optimizer step", ylabel="top-1 on the test split (%)")
     sc_ax.set(title="spatial contrasting loss (training batches)", xlabel="optimizer step",
               ylabel="SC loss (before the weight λ)")
+    if note:
+        acc_ax.text(0.02, 0.97, note, transform=acc_ax.transAxes, ha="left", va="top", fontsize="small",
+                    color="gray")
     if no_sc:  # say why an arm is missing rather than leave the reader to guess
         sc_ax.text(0.98, 0.97, f"no SC term: {', '.join(no_sc)}", transform=sc_ax.transAxes, ha="right",
                    va="top", fontsize="small", color="gray")
     for ax in (acc_ax, sc_ax):
+        ax.set_xlim(left=0)  # both panels start at the first step, so their step axes line up
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize="small", loc="lower right" if ax is acc_ax else "lower left")
@@ -170,9 +178,9 @@ def comparison_figure(series: dict[str, dict[str, tuple[list[float], list[float]
     return fig
 
 
-def plot_comparison(runs: Mapping[str, str | Path], out_png: str | Path, title: str = "") -> Path:
+def plot_comparison(runs: Mapping[str, str | Path], out_png: str | Path, title: str = "", note: str = "") -> Path:
     """Write :func:`comparison_figure` of the ``runs`` (arm name -> run dir) to ``out_png``; returns its path."""
-    fig = comparison_figure(comparison_series(runs), title)
+    fig = comparison_figure(comparison_series(runs), title, note)
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)

@@ -39,7 +39,7 @@ def test_series_are_the_logged_test_accuracies_and_sc_losses(runs):
 
 
 def test_figure_has_an_accuracy_panel_with_every_arm_and_an_sc_panel(runs):
-    fig = comparison_figure(comparison_series(runs), "title")
+    fig = comparison_figure(comparison_series(runs), "title", note="one seed")
     acc_ax, sc_ax = fig.axes
     assert acc_ax.get_title() == "test accuracy" and "SC" in sc_ax.get_ylabel()
     plotted = {line.get_label(): line.get_xydata().ravel().tolist() for line in acc_ax.lines}  # x0 y0 x1 y1
@@ -48,6 +48,7 @@ def test_figure_has_an_accuracy_panel_with_every_arm_and_an_sc_panel(runs):
     assert plotted["supervised only (final 60.0%)"] == pytest.approx([40, 55.0, 60, 60.0])
     assert [(line.get_label(), line.get_xydata().tolist()) for line in sc_ax.lines] == [
         ("joint SC + CE", [[20, 10.0], [40, 9.0], [60, 8.0]])]
+    assert [t.get_text() for t in acc_ax.texts] == ["one seed"]
     notes = [t.get_text() for t in sc_ax.texts]
     assert notes == ["no SC term: supervised only"]  # the missing arm is explained, not silently absent
 
