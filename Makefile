@@ -6,6 +6,7 @@ STAMP  := $(VENV)/.sclearn-installed
 
 .PHONY: test test-all demo lint clean
 
+# Tests run with one torch thread: the models are tiny, and a second thread only adds contention.
 # Reinstall only when pyproject.toml changes (or the venv is missing): a second `make test` is instant.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,7 +18,7 @@ demo: $(STAMP)
 	$(PY) recipes/demo.py
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 # Everything, including the tests marked slow and realdata.
 test-all: $(STAMP)
