@@ -6,7 +6,6 @@ STAMP  := $(VENV)/.sclearn-installed
 
 .PHONY: test test-all demo lint clean
 
-# Tests run with one torch thread: the models are tiny, and a second thread only adds contention.
 # Reinstall only when pyproject.toml changes (or the venv is missing): a second `make test` is instant.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +16,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) recipes/demo.py
 
+# One torch thread per test process: the test models are tiny, and a second thread only adds contention.
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
