@@ -64,6 +64,7 @@ from common import (
 DEFAULT_DATA = "idx:/usr/share/datasets/fashion-mnist"
 BIG = 10**9
 PATHS = ("memory", "stream")
+PARTS = ("ratios", "loaders", "augment", "startup", "rss")
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loader-workers", type=int, nargs="+", default=[0, 2],
                    help="num_workers of the streaming loader measurements")
     p.add_argument("--aug-iters", type=int, default=200, help="batches per augmentation measurement")
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS[:4]),
+                   help="what to measure; a run of startup/rss alone writes its own RESULTS.md block, so the two "
+                   "halves can run at the same time")
     p.add_argument("--rss", action="store_true", help="also run the synthetic STL-10-sized peak-RSS probe (slow)")
     p.add_argument("--rss-images", type=int, default=100_000, help="images of the synthetic set")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, shuffling and augmentation")
@@ -111,6 +115,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.batch_size, args.labels_per_class, args.log_every, args.windows, args.reps = 16, 10, 2, 2, 1
         args.cases, args.loader_batches, args.aug_iters, args.rss_images = ["sc_mnist/supervised"], 5, 5, 64
         args.loader_workers = [0]
+    if args.rss or args.smoke:
+        args.parts = sorted({*args.parts, "rss"}, key=PARTS.index)
     return args
 
 
@@ -398,53 +404,59 @@ def fmt(stats: dict[str, float] | None, digits: int = 0) -> str:
 
 def results_block(report: dict[str, Any]) -> str:
     cfg = report["config"]
+    title = "Trainer img/s over the model's own limit, memory vs stream" if report["ratios"] else "start-up and RSS"
     lines = [
-        f"## Data path: Trainer img/s over the model's own limit, memory vs stream ({report['date']})",
+        f"## Data path: {title} ({report['date']})",
         "",
         f"`{report['command']}`",
         "",
-        f"{machine_line(report['machine'])}; {cfg['threads']} torch thread; batch {cfg['batch_size']} "
-        f"(joint: + {int(cfg['batch_size'] * cfg['unlabeled_ratio'])} unlabelled); {cfg['reps']} repetitions of "
-        f"limit / memory / stream / limit (the path order alternates); {cfg['windows']} log windows of "
-        f"{cfg['log_every']} steps measured per run after {cfg['warmup_windows']} left out. Load at start: "
-        f"{report['uptime_start']}; at the end: {report['uptime_end']}.",
-        "",
-        "Ratio = the Trainer's training img/s (from its `metrics.jsonl`) / the limit (the same model's forward, "
-        "backward and SGD step on pre-made tensors, no data). Mean ± std over repetitions. Foreign CPU: the share "
-        "of the machine other processes took meanwhile.",
-        "",
-        markdown_table(
-            ["case", "images/step", "limit img/s", "memory img/s", "**memory ratio**", "stream img/s", "stream ratio",
-             "foreign CPU"],
-            [[r["case"], r["images_per_step"], fmt(r["limit_img_per_s"]), fmt(r["trainer_img_per_s"]["memory"]),
-              f"**{fmt(r['ratio']['memory'], 3)}**", fmt(r["trainer_img_per_s"]["stream"]), fmt(r["ratio"]["stream"], 3),
-              fmt(r["foreign_cpu_fraction"], 2)] for r in report["ratios"]],
-        ),
-        "",
-        f"Loader alone (sc_mnist inputs, batch {cfg['batch_size']}, {cfg['loader_batches']} batches, img/s):",
-        "",
-        markdown_table(["loader", "img/s"], [[k, fmt(v)] for k, v in report["loaders"].items()]),
-        "",
-        f"One batch's augmentation (uint8 -> translate ±2 + flip + normalise, ms; kornia {report['augment']['kornia']}):",
-        "",
-        markdown_table(["batch", *[k for k in next(v for k, v in report["augment"].items() if k != "kornia")]],
-                       [[label, *[fmt(s, 3) for s in v.values()]] for label, v in report["augment"].items()
-                        if label != "kornia"]),
-        "",
-        "Start-up of `load_image_dataset` + `semi_supervised_splits` + `build_loaders` on the full data, in a fresh "
-        "process (first run: empty caches; second run: the same caches), seconds:",
-        "",
-        markdown_table(["path", "first: load", "first: loaders", "second: load", "second: loaders"],
-                       [[p, *(f"{v[run][k]:.1f}" for run in ("first", "second") for k in ("load_s", "loaders_s"))]
-                        for p, v in report["startup"].items()]),
+        f"{machine_line(report['machine'])}; {cfg['threads']} torch thread. Load at start: {report['uptime_start']}; "
+        f"at the end: {report['uptime_end']}.",
     ]
-    if report.get("rss"):
+    if report["ratios"]:
+        lines += [
+            "",
+            f"Batch {cfg['batch_size']} (joint: + {int(cfg['batch_size'] * cfg['unlabeled_ratio'])} unlabelled); "
+            f"{cfg['reps']} repetitions of limit / memory / stream / limit (the path order alternates); "
+            f"{cfg['windows']} log windows of {cfg['log_every']} steps measured per run after "
+            f"{cfg['warmup_windows']} left out. Ratio = the Trainer's training img/s (from its `metrics.jsonl`) / "
+            "the limit (the same model's forward, backward and SGD step on pre-made tensors, no data). Mean ± std "
+            "over repetitions. Foreign CPU: the share of the machine other processes took meanwhile.",
+            "",
+            markdown_table(
+                ["case", "images/step", "limit img/s", "memory img/s", "**memory ratio**", "stream img/s",
+                 "stream ratio", "foreign CPU"],
+                [[r["case"], r["images_per_step"], fmt(r["limit_img_per_s"]), fmt(r["trainer_img_per_s"]["memory"]),
+                  f"**{fmt(r['ratio']['memory'], 3)}**", fmt(r["trainer_img_per_s"]["stream"]),
+                  fmt(r["ratio"]["stream"], 3), fmt(r["foreign_cpu_fraction"], 2)] for r in report["ratios"]],
+            ),
+        ]
+    if report["loaders"]:
+        lines += ["", f"Loader alone (sc_mnist inputs, batch {cfg['batch_size']}, {cfg['loader_batches']} batches, "
+                  "img/s):", "", markdown_table(["loader", "img/s"], [[k, fmt(v)] for k, v in report["loaders"].items()])]
+    if report["augment"]:
+        aug = {k: v for k, v in report["augment"].items() if k != "kornia"}
+        lines += ["", f"One batch's augmentation (uint8 -> translate ±2 + flip + normalise, ms per batch; kornia "
+                  f"{report['augment']['kornia']}):", "",
+                  markdown_table(["batch", *next(iter(aug.values()))],
+                                 [[label, *[fmt(s, 3) for s in v.values()]] for label, v in aug.items()])]
+    if report["startup"]:
+        lines += [
+            "",
+            "Start-up of `load_image_dataset` + `semi_supervised_splits` + `build_loaders` on the full data, in a "
+            "fresh process (first run: empty caches; second run: the same caches), seconds:",
+            "",
+            markdown_table(["path", "first: load", "first: loaders", "second: load", "second: loaders"],
+                           [[p, *(f"{v[run][k]:.1f}" for run in ("first", "second") for k in ("load_s", "loaders_s"))]
+                            for p, v in report["startup"].items()]),
+        ]
+    if report["rss"]:
         r = report["rss"]
         f, s = r["first_run"], r["second_run"]
         lines += [
             "",
             f"Synthetic STL-10-sized set ({r['images']} x 3 x 96 x 96 PNGs, {f['bytes'] / 2**30:.2f} GiB decoded), "
-            "memory path, GiB of resident memory (VmHWM peak; RssAnon private; RssFile the memory-mapped cache, "
+            "memory path, GiB of resident memory (VmHWM: peak; RssAnon: private; RssFile: the memory-mapped cache, "
             "shared by every process of the machine through the page cache):",
             "",
             markdown_table(["run", "seconds", "peak (VmHWM)", "RssAnon", "RssFile"], [
@@ -453,7 +465,8 @@ def results_block(report: dict[str, Any]) -> str:
                  s["VmHWM"], s["RssAnon"], s["RssFile"]],
             ]),
         ]
-    lines += ["", "Raw report:", "", fenced(json.dumps({k: report[k] for k in ("ratios",)}, indent=1), "json")]
+    if report["ratios"]:
+        lines += ["", "Raw ratios:", "", fenced(json.dumps(report["ratios"], indent=1), "json")]
     return "\n".join(lines)
 
 
@@ -473,15 +486,17 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(torch.device("cpu")), "uptime_start": uptime(),
         "config": {k: v for k, v in vars(args).items() if k not in ("write_results", "child")},
     }
-    report["ratios"] = [ratio_runs(name, args) for name in args.cases]
-    report["loaders"] = loader_throughput(args)
-    report["augment"] = augmentation_cost(args)
-    report["startup"] = startup(args)
-    report["rss"] = rss_probe(args) if args.rss or args.smoke else None
+    parts = set(args.parts)
+    report["ratios"] = [ratio_runs(name, args) for name in args.cases] if "ratios" in parts else None
+    report["loaders"] = loader_throughput(args) if "loaders" in parts else None
+    report["augment"] = augmentation_cost(args) if "augment" in parts else None
+    report["startup"] = startup(args) if "startup" in parts else None
+    report["rss"] = rss_probe(args) if "rss" in parts else None
     report["uptime_end"] = uptime()
     print_json(report)
     if args.write_results:
-        write_result_block("data_path", results_block(report))
+        key = "data_path" if parts & {"ratios", "loaders", "augment"} else "data_path_startup"
+        write_result_block(key, results_block(report))
     return 0
 
 
