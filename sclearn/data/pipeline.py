@@ -98,7 +98,8 @@ class Loaders:
         eval: ``"test"`` (and ``"val"``): deterministic, through ``prepare_eval``.
         probe: ``"bank"`` (labelled), ``"test"`` (and ``"val"``) over whole sets, for the kNN probe of SC
             pre-training; empty without a pretrain stage.
-        example: The first test batch, normalised, on the CPU: ``(B, C, H, W)`` float32.
+        example: The first test batch (or, without a test split, of another part), normalised, on the CPU:
+            ``(B, C, H, W)`` float32.
         path: ``"memory"`` or ``"stream"``.
         reason: One line: why that path.
         mean, std: The normalisation used.
@@ -175,7 +176,8 @@ def build_loaders(config: Any, splits: SemiSupervisedSplits, *, rank: int = 0, w
             raise ValueError(f"{len(splits.unlabeled)} unlabelled images cannot fill one SC batch of {bs} per process")
         train["unlabeled"] = train_loader("unlabeled", bs, drop_last=True)  # SC needs N >= 2: no ragged batch
     evals = {name: eval_loader(name) for name in ("test", "val") if name in rows}
-    example = next(iter(DeviceLoader(evals["test"], eval_aug, "cpu"))).images  # also the head-size check's input
+    first = evals["test"] if "test" in evals else eval_loader(next(iter(rows)))  # test_split=None: any part
+    example = next(iter(DeviceLoader(first, eval_aug, "cpu"))).images  # also the head-size check's input
     prepare = prepare_eval or (lambda loader: loader)
     eval_loaders = {name: DeviceLoader(prepare(loader), eval_aug, device) for name, loader in evals.items()}
     probe: dict[str, DeviceLoader] = {}
