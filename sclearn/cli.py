@@ -119,6 +119,8 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--seed", "seed", int, "global seed (model init, shuffling, augmentation, patch positions)"),
     ("--knn-k", "knn_k", int, "k of the kNN probe run during SC pre-training"),
     ("--eval-every", "eval_every", int, "evaluate every N epochs (the last epoch always)"),
+    ("--eval-every-steps", "eval_every_steps", _optional_int,
+     "also evaluate every N optimizer steps (test/val accuracy; kNN probe in pretraining); 'none': off"),
     ("--plateau-patience", "plateau_patience", int, "plateau schedule: epochs without improvement before lr / 10"),
     ("--keep-checkpoints", "keep_checkpoints", int, "how many complete checkpoints to keep"),
     ("--on-nonfinite", "on_nonfinite", str, "on a NaN/inf loss: raise (stop, keep the last checkpoint) | skip"),

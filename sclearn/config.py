@@ -30,7 +30,7 @@ DEFAULT_LR: dict[str, float] = {"pretrain": 0.1, "finetune": 0.01, "supervised":
 # Fields that may change between a run and its resumption without changing what is computed.
 RESUMABLE_FIELDS = frozenset(
     {"resume", "num_workers", "log_every", "report_to", "checkpoint_every", "keep_checkpoints", "progress",
-     "output_dir", "overwrite", "data_path", "memory_budget_gb"}  # both data paths give the same tensors
+     "output_dir", "overwrite", "data_path", "memory_budget_gb", "eval_every_steps"}  # both data paths give the same tensors
 )
 
 
@@ -131,6 +131,10 @@ class TrainConfig:
             the labelled split, scored on val (``linear_val_top1``) when ``val_per_class`` > 0, else on test
             (``linear_top1``, only with ``eval_test``). The test curve is for reading only: nothing is chosen
             on it.
+        eval_every_steps: Also evaluate every N optimizer steps of a stage (test / val top-1, or the kNN probe
+            while pre-training), written to metrics.jsonl as ``"event": "eval"`` records. None: per epoch only.
+            Evaluation does not change training: each step is seeded by its index, and the model is
+            evaluated in eval mode (batch-norm statistics untouched).
 
     Run:
         checkpoint_every: Save a checkpoint every N optimizer steps of a stage (after that epoch's evaluation
@@ -205,6 +209,7 @@ class TrainConfig:
     probe_linear: bool = False
     eval_every: int = 1
     eval_test: bool = True
+    eval_every_steps: int | None = None
     # run
     output_dir: str = "runs/sclearn"
     seed: int = 0
@@ -248,7 +253,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "pretrain_max_steps", "checkpoint_every"):
+        for name in ("max_steps", "pretrain_max_steps", "checkpoint_every", "eval_every_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1 or None, got {getattr(self, name)}")
         self._validate_convergence_stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-__all__ = ["plot_first_layer_filters", "plot_training_curves", "read_metrics"]
+__all__ = ["comparison_figure", "comparison_series", "plot_comparison", "plot_first_layer_filters",
+           "plot_training_curves", "read_metrics"]
 
 
 def _figure(width: float, height: float) -> Any:
@@ -117,6 +119,60 @@ def plot_training_curves(metrics_jsonl: str | Path, out_png: str | Path) -> Path
     _panel(axes[3], records, ["lr"], "learning rate", log=True)
     _mark_stages(axes, records)
     fig.suptitle(Path(metrics_jsonl).parent.name or str(metrics_jsonl))
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out
+
+
+def comparison_series(runs: Mapping[str, str | Path]) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
+    """Per arm, the curves of the comparison figure: ``{"test_acc": (steps, acc), "sc": (steps, sc loss)}``.
+
+    Args:
+        runs: Arm name -> run dir (its ``metrics.jsonl`` is read). Accuracy comes from every record that has
+            ``test_acc`` (``eval_every_steps`` evaluations and epoch ends); the SC loss from the logged windows.
+    """
+    series = {}
+    for arm, run in runs.items():
+        records = read_metrics(Path(run) / "metrics.jsonl")
+        series[arm] = {"test_acc": _series(records, "test_acc"), "sc": _series(records, "sc")}
+    return series
+
+
+def comparison_figure(series: dict[str, dict[str, tuple[list[float], list[float]]]], title: str = "") -> Any:
+    """Two panels: test accuracy (%) of every arm against step, and the SC loss of the arms that have one."""
+    fig = _figure(11, 4.2)
+    acc_ax, sc_ax = fig.subplots(1, 2)
+    no_sc = []
+    for i, (arm, curves) in enumerate(series.items()):
+        color = f"C{i}"
+        steps, acc = curves["test_acc"]
+        if steps:  # the final accuracy goes in the legend: labels at the line ends collide when arms are close
+            acc_ax.plot(steps, [100 * a for a in acc], marker="o", ms=4, color=color,
+                        label=f"{arm} (final {100 * acc[-1]:.1f}%)")
+        steps, sc = curves["sc"]
+        if steps:
+            sc_ax.plot(steps, sc, color=color, label=arm)
+        else:
+            no_sc.append(arm)
+    acc_ax.set(title="test accuracy", xlabel="optimizer step", ylabel="top-1 on the test split (%)")
+    sc_ax.set(title="spatial contrasting loss (training batches)", xlabel="optimizer step",
+              ylabel="SC loss (before the weight λ)")
+    if no_sc:  # say why an arm is missing rather than leave the reader to guess
+        sc_ax.text(0.98, 0.97, f"no SC term: {', '.join(no_sc)}", transform=sc_ax.transAxes, ha="right",
+                   va="top", fontsize="small", color="gray")
+    for ax in (acc_ax, sc_ax):
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize="small", loc="lower right" if ax is acc_ax else "lower left")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_comparison(runs: Mapping[str, str | Path], out_png: str | Path, title: str = "") -> Path:
+    """Write :func:`comparison_figure` of the ``runs`` (arm name -> run dir) to ``out_png``; returns its path."""
+    fig = comparison_figure(comparison_series(runs), title)
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)

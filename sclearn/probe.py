@@ -21,6 +21,7 @@ from . import data as sc_data
 from .backbones import build_backbone, load_backbone_weights
 from .cli import FlagParser, cli_errors
 from .evaluation import extract_features, knn_probe, linear_probe
+from .export import PROBE_FILE
 from .rundir import read_run_config, run_dir_of
 
 
@@ -93,12 +94,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", help="override the run's data source")
     parser.add_argument("--max-train", type=int, help="cap the labelled images used to fit the probes")
     parser.add_argument("--random-baseline", action="store_true", help="also probe the random-init net")
+    parser.add_argument("--save", action="store_true",
+                        help="also write the result to the run's probe.json, which its model card shows "
+                             "(python -m sclearn.export <run> rewrites the card)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
     with cli_errors(parser.flags, debug=args.debug):
         result = probe_checkpoint(args.source, layer=args.layer, pool=args.pool, k=args.k, data=args.data,
                                   random_baseline=args.random_baseline, max_train=args.max_train)
-    print(json.dumps(result, indent=2))
+        text = json.dumps(result, indent=2)
+        print(text)
+        if args.save:
+            source = Path(args.source)
+            (run_dir_of(source if source.is_dir() else source.parent) / PROBE_FILE).write_text(text + "\n")
 
 
 if __name__ == "__main__":

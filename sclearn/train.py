@@ -6,7 +6,8 @@
 Flow (after dino's ``train`` -> ``train_one_epoch``): ``fit`` runs the stages of the mode in order; each stage
 runs epochs; each epoch drives one loader (labelled for CE stages, unlabelled for SC stages) and, in joint
 mode, draws a labelled batch from a cycling loader at every step. A run dir holds ``config.json``,
-``metrics.jsonl``, ``checkpoints/``, ``backbone.safetensors`` (+ ``.json``), ``summary.json`` and figures.
+``metrics.jsonl``, ``checkpoints/``, ``backbone.safetensors`` (+ ``.json``), ``summary.json``, figures and
+``export/`` (a hub folder, see :mod:`sclearn.export`).
 
 Resuming restores model, optimizers, schedulers, RNG states, counters and the position inside the epoch:
 the resumed run computes exactly what the uninterrupted one would have (CPU, any ``num_workers``, either
@@ -20,7 +21,7 @@ import json
 import math
 import time
 from collections import defaultdict
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from .builders import build_sc_model
 from .checkpoint import CheckpointManager, read_state
 from .config import FREEZE_STAGES, TrainConfig
 from .distributed import all_gather_with_grad
+from .export import export_run, record_command
 from .losses import SpatialContrastiveLoss
 from .stopping import ConvergenceStop
 from .wrapper import MultiLayerSC, SCOutput
@@ -106,6 +108,8 @@ class Trainer:
         cfg = self.config
         if cfg.init_from and model is None:  # before the data loads: a missing or foreign file fails now
             check_init_source(cfg.init_from, architecture=cfg.backbone, in_chans=cfg.channels)
+        if self.accelerator.is_main_process:
+            record_command(self.output_dir, resume=bool(cfg.resume))  # for the model card
         set_seed(cfg.seed)
         with self.accelerator.main_process_first():
             self.splits = splits if splits is not None else self._load_splits()
@@ -113,6 +117,7 @@ class Trainer:
         self.loaders, self.eval_loaders, self.probe_loaders, example = self._make_loaders()
 
         backbone = model if model is not None else self._build_backbone()
+        self.input_size = list(example.shape[1:])  # (C, H, W), exported with the weights
         check_head(backbone, example, self.num_classes)
         if cfg.init_from:
             skipped = load_backbone_weights(backbone, cfg.init_from)
@@ -227,6 +232,7 @@ class Trainer:
                                           world_size=acc.num_processes, device=acc.device,
                                           prepare_eval=acc.prepare_data_loader)
         acc.print(f"data path: {built.path} ({built.reason})")
+        self.normalization = {"mean": list(built.mean), "std": list(built.std)}  # exported with the weights
         return built.train, built.eval, built.probe, built.example
 
     def _build_backbone(self) -> nn.Module:
@@ -425,6 +431,10 @@ class Trainer:
                 if st["stage_step"] % cfg.log_every == 0:
                     self._log_window(stage, epoch, log, opt, bar)
                 end_of_epoch = st["batch_in_epoch"] == n_batches
+                if self._step_evaluates(stage, epoch, ends_epoch=end_of_epoch or st["stage_step"] >= total):
+                    with log.paused():  # before this step's checkpoint, so a resumed run has the record
+                        self._write_metrics({"step": st["global_step"], "stage": stage, "epoch": epoch,
+                                             "event": "eval", **self.evaluate(stage)})
                 # Epoch ends save in _end_epoch (after evaluation) and the stage's last step in fit().
                 mid_epoch = not end_of_epoch and st["stage_step"] < total
                 if cfg.checkpoint_every and st["stage_step"] % cfg.checkpoint_every == 0 and mid_epoch:
@@ -549,7 +559,7 @@ class Trainer:
         stop = self._stop_reason(stage, epoch, epoch_loss if st["epoch_loss_count"] else None, results)
         capped = epoch + 1 == cfg.epochs_for(stage) or st["stage_step"] >= self._total_steps(stage)
         last = capped or stop is not None
-        if (epoch + 1) % cfg.eval_every == 0 or last:
+        if self._epoch_evaluates(stage, epoch) or stop is not None:
             record.update(self.evaluate(stage))
         results.update({k: v for k, v in record.items() if k.endswith(("acc", "top1"))})
         results.update(epochs=epoch + 1, steps=st["stage_step"])
@@ -583,6 +593,18 @@ class Trainer:
         if epoch + 1 == cfg.epochs_for(stage):
             return "epoch_cap"
         return "step_cap" if self.state["stage_step"] >= self._total_steps(stage) else None
+
+    def _epoch_evaluates(self, stage: str, epoch: int) -> bool:
+        """Whether the end of ``epoch`` evaluates: every ``eval_every`` epochs, and at the stage's end."""
+        cfg = self.config
+        last = epoch + 1 == cfg.epochs_for(stage) or self.state["stage_step"] >= self._total_steps(stage)
+        return (epoch + 1) % cfg.eval_every == 0 or last
+
+    def _step_evaluates(self, stage: str, epoch: int, ends_epoch: bool) -> bool:
+        """An ``eval_every_steps`` evaluation is due now, and no end-of-epoch evaluation follows at this step."""
+        every = self.config.eval_every_steps
+        due = bool(every) and self.state["stage_step"] % every == 0
+        return due and not (ends_epoch and self._epoch_evaluates(stage, epoch))
 
     @torch.no_grad()
     def accuracy(self, loader) -> float:
@@ -647,7 +669,7 @@ class Trainer:
         cfg = self.config
         return {"architecture": cfg.backbone, "num_classes": self.num_classes, "in_chans": cfg.channels,
                 "class_names": list(self.splits.class_names), "sc_layers": list(cfg.layers),
-                "mode": cfg.mode, "image_size": cfg.image_size}
+                "mode": cfg.mode, "image_size": cfg.image_size, "input_size": self.input_size, **self.normalization}
 
     def _finish(self, wall_time: float) -> dict[str, Any]:
         acc, st, cfg = self.accelerator, self.state, self.config
@@ -672,6 +694,7 @@ class Trainer:
                 "output_dir": str(self.output_dir),
                 "figures": self._write_figures(),
             }
+            summary["export"] = str(export_run(self.output_dir, backbone=self.backbone(), summary=summary))
             (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         acc.wait_for_everyone()
         return summary
@@ -727,6 +750,15 @@ class _LogWindow:
 
     def restart_clock(self) -> None:
         self._start = time.perf_counter()
+
+    @contextmanager
+    def paused(self):
+        """Time spent inside (an evaluation between steps) does not count towards img/s."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._start += time.perf_counter() - start
 
     def elapsed(self) -> float:
         return time.perf_counter() - self._start

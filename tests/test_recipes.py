@@ -15,7 +15,8 @@ SMOKE = ["--max-steps", "2", "--batch-size", "8", "--epochs", "1", "--pretrain-e
 
 def run(args: list[str], tmp_path: Path, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "hf"), "HF_DATASETS_OFFLINE": "1",
-           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "250"}
+           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "250",
+           "PYTHONPATH": str(ROOT)}  # this checkout's sclearn, not an installed copy
     cmd = (launcher or [sys.executable]) + args
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
 
@@ -127,11 +128,21 @@ def test_accelerate_launch_entry_point(idx_dir, tmp_path):
 
 def test_demo_runs_both_arms_and_prints_the_table(idx_dir, tmp_path):
     out = tmp_path / "demo"
-    proc = run(["recipes/demo.py", "--data", f"idx:{idx_dir}", "--steps", "2", "--labels-per-class", "2",
-                "--output-dir", str(out)], tmp_path)
+    proc = run(["recipes/demo.py", "--data", f"idx:{idx_dir}", "--steps", "4", "--labels-per-class", "2",
+                "--eval-every-steps", "2", "--output-dir", str(out)], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "joint SC + CE" in proc.stdout and "supervised only" in proc.stdout and "difference" in proc.stdout
     joint = json.loads((out / "joint" / "config.json").read_text())
     sup = json.loads((out / "supervised" / "config.json").read_text())
     assert (joint["mode"], joint["distance"], joint["sc_weight"], joint["sc_rampup_steps"]) == ("joint", "cosine", 0.1, 0.2)
-    assert sup["mode"] == "supervised" and sup["max_steps"] == joint["max_steps"] == 2
+    assert sup["mode"] == "supervised" and sup["max_steps"] == joint["max_steps"] == 4
+    assert joint["eval_every_steps"] == sup["eval_every_steps"] == 2
+    figure = out / "comparison.png"
+    assert f"figure: {figure}" in proc.stdout and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for arm in ("joint", "supervised"):  # the probe went into each run's probe.json and its model card
+        probe = json.loads((out / arm / "probe.json").read_text())
+        assert probe["layer"] == "stages.1" and 0.0 <= probe["linear_top1"] <= 1.0
+        assert f"{100 * probe['linear_top1']:.2f}%" in (out / arm / "export" / "README.md").read_text()
+    probe = json.loads((out / "joint" / "probe.json").read_text())
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("the same net at random init"))
+    assert f"{100 * probe['random_linear_top1']:.2f}%" in line
