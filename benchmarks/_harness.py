@@ -256,7 +256,7 @@ def train_once(fields: dict[str, Any], run_dir: Path, *, resume: bool) -> dict[s
 
 def images_per_step(fields: dict[str, Any], stage: str) -> int:
     """Images one optimizer step of ``stage`` consumes (labelled + unlabelled)."""
-    cfg = TrainConfig(**{k: v for k, v in fields.items() if k not in ("init_from", "mode")}, mode="supervised")
+    cfg = TrainConfig(**fields)  # the run's own mode: settings valid only for it (e.g. pretrain_patience) stay valid
     if stage == "joint":
         return cfg.batch_size + cfg.unlabeled_batch_size
     if stage == "pretrain":

@@ -9,6 +9,9 @@
      "paper": {"sc_init": [0.34, 0.02], "no_init": [0.63, 0.02]},
      "compare": ["sc_init", "no_init"]}
 
+:func:`probe_figure` draws the SC pre-training's probe curves (one point per SC epoch, a line per seed) above its
+epoch loss, for the arms whose SC stage ran until convergence.
+
 A seed's points sit at the same offset in every arm and are joined by a thin line, so a paired comparison reads
 off the slopes; ``compare`` adds the paired difference and t-test of :mod:`paired_stats` to the title. Figures
 are built on ``matplotlib.figure.Figure`` (no pyplot), as in ``sclearn/plots.py``.
@@ -26,7 +29,7 @@ from typing import Any
 
 from paired_stats import arm_summary, paired_comparison
 
-__all__ = ["ArmMarks", "save_table_figure", "table_figure", "table_marks"]
+__all__ = ["ArmMarks", "probe_figure", "save_probe_figure", "save_table_figure", "table_figure", "table_marks"]
 
 Seed = int | str
 ArmResults = Mapping[Seed, float] | Sequence[float]  # {seed: value}, or values of seeds 0, 1, ...
@@ -184,6 +187,62 @@ def save_table_figure(arms: Mapping[str, ArmResults], out_png: str | Path, **kwa
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     table_figure(arms, **kwargs).savefig(out)
+    return out
+
+
+PROBE_LINES = {"linear_val_top1": ("linear probe (val)", "-"), "knn_val_top1": ("kNN probe (val)", ":"),
+               "linear_top1": ("linear probe (test)", "-"), "knn_top1": ("kNN probe (test)", ":")}
+
+
+def probe_figure(curves: Mapping[Seed, Sequence[Mapping[str, Any]]], *, title: str = "") -> Any:
+    """A ``matplotlib.figure.Figure``: top, each probe of :data:`PROBE_LINES` present (accuracy, %) per SC epoch;
+    bottom, the epoch SC loss, with a mark at each epoch whose lr is lower than the epoch before's. One colour per
+    seed.
+
+    Args:
+        curves: ``{seed: [{"epoch", "epoch_loss", "lr", <probe keys>...}, ...]}``, one point per SC epoch (what
+            ``table_runs.probe_curve`` returns).
+
+    Artists carry ``gid`` ``<probe key>:<seed>``, ``loss:<seed>`` and ``lr_drop:<seed>``.
+    """
+    from matplotlib.figure import Figure
+
+    if not curves:
+        raise ValueError("no probe curve to plot")
+    fig = Figure(figsize=(6.4, 5.6), dpi=120, layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    for i, (seed, points) in enumerate(curves.items()):
+        color = f"C{i % 10}"
+        epochs = [p["epoch"] for p in points]
+        for key, (label, style) in PROBE_LINES.items():
+            if any(key in p for p in points):
+                xs = [p["epoch"] for p in points if key in p]
+                top.plot(xs, [100 * p[key] for p in points if key in p], style, color=color, marker=".",
+                         label=f"{label}, seed {seed}", gid=f"{key}:{seed}")
+        bottom.plot(epochs, [p["epoch_loss"] for p in points], color=color, marker=".", label=f"seed {seed}",
+                    gid=f"loss:{seed}")
+        drops = [b for a, b in itertools.pairwise(points)
+                 if a.get("lr") is not None and b.get("lr") is not None and b["lr"] < a["lr"]]
+        if drops:
+            bottom.scatter([p["epoch"] for p in drops], [p["epoch_loss"] for p in drops], marker="v", s=40,
+                           color=color, zorder=3, gid=f"lr_drop:{seed}", label="lr / 10" if i == 0 else None)
+    top.set_ylabel("probe accuracy (%)")
+    top.grid(alpha=0.3)
+    top.legend(fontsize="x-small", frameon=False, ncol=2)
+    bottom.set_xlabel("SC epoch")
+    bottom.set_ylabel("epoch SC loss")
+    bottom.grid(alpha=0.3)
+    bottom.legend(fontsize="x-small", frameon=False)
+    if title:
+        fig.suptitle(title, fontsize="medium")
+    return fig
+
+
+def save_probe_figure(curves: Mapping[Seed, Sequence[Mapping[str, Any]]], out_png: str | Path, **kwargs: Any) -> Path:
+    """:func:`probe_figure` written to ``out_png`` (parent folders made); returns the path."""
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    probe_figure(curves, **kwargs).savefig(out)
     return out
 
 

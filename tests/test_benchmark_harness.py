@@ -75,15 +75,6 @@ def test_sample_efficiency_finds_every_committed_result() -> None:
             assert cache.get(key) is not None and cache.get(key)["key"] == key, key
 
 
-def test_mnist_table3_finds_its_committed_seed() -> None:
-    t3 = load_script("mnist_table3.py")
-    args = t3.parse_args(["--seeds", "0"])  # idx:data/mnist, in whichever checkout this is
-    cache = harness.ResultCache(BENCH / "mnist_table3_results")
-    for arm in t3.ARMS:
-        key = cache.key(f"{arm}_seed0", [f for _, f in t3.arm_runs(arm, args, 0)])
-        assert cache.get(key) is not None, key
-
-
 def test_sc_ablation_search_rounds_in_the_variants_file_rerun_to_the_committed_runs(monkeypatch) -> None:
     """Every round of ablation_variants.json, replayed from the choice it started from, asks only for the
     committed runs: the rounds that were code are now data, and nothing they ran would be trained again."""

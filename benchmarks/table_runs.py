@@ -1,0 +1,209 @@
+"""The Trainer runs of a paper-table benchmark (``mnist_table3``, ``table2_convergence``): one arm and seed as a
+chain of Trainer runs, its result record, the library version it ran on, and the wall-time projection.
+
+An arm is ``harness.Runs``: ``(name, TrainConfig fields)`` in order. A run whose ``init_from`` is
+:data:`PREVIOUS_RUN` starts from the backbone the run before it exported, so SC pre-training and the fine-tune are
+two Trainer runs: the pre-training run has ``eval_test=False`` (its probes read a val split, or nothing) and only
+the last run of the chain reads the test set, once, after its last epoch (``eval_every`` = ``harness.BIG``).
+
+:func:`train_chain` is the ``train`` callable of :func:`_harness.run_arms`. Its record (one JSON file per arm and
+seed in the result cache) holds everything the report needs, because run directories do not survive a move to
+another machine: the test and val accuracy, each stage's steps, epochs, timing and stop reason, the SC
+pre-training's probe curve (one point per SC epoch) and the library version (:func:`code_version`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import _harness as harness
+from common import load_average, now_utc
+
+from sclearn.config import STAGES_OF_MODE
+
+PREVIOUS_RUN = "<previous run>"  # init_from placeholder: the previous run of the chain
+PROBE_KEYS = ("knn_val_top1", "linear_val_top1", "knn_top1", "linear_top1")
+TEST_KEYS = ("test_acc", "knn_top1", "linear_top1")  # the metrics.jsonl keys that read the test split
+
+
+def code_version() -> dict[str, Any]:
+    """``{"library": 12 hex digits over every sclearn/*.py file's path and bytes, "commit": git HEAD or None}``.
+
+    The library digest changes exactly when the code that trains changes, not when results are committed (which
+    moves HEAD), so records with the same ``library`` ran the same computation.
+    """
+    digest = hashlib.sha1()
+    for path in sorted((harness.ROOT / "sclearn").rglob("*.py")):
+        digest.update(str(path.relative_to(harness.ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=harness.ROOT, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"library": digest.hexdigest()[:12], "commit": commit}
+
+
+def _metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def probe_curve(run_dir: Path) -> list[dict[str, Any]]:
+    """One point per SC pre-training epoch of ``run_dir``: ``epoch`` (1-based), ``epoch_loss``, the lr of the
+    epoch's last log window and whichever probes ran (``knn_val_top1``, ``linear_val_top1``, ...)."""
+    points: dict[int, dict[str, Any]] = {}
+    lr: float | None = None
+    for r in _metrics(run_dir):
+        if r.get("stage") != "pretrain":
+            continue
+        if "lr" in r:
+            lr = r["lr"]
+        if r.get("event") == "epoch_end":
+            points[r["epoch"] + 1] = {"epoch": r["epoch"] + 1, "epoch_loss": r["epoch_loss"], "lr": lr,
+                                      **{k: r[k] for k in PROBE_KEYS if k in r}}
+    return [points[e] for e in sorted(points)]
+
+
+def count_test_reads(run_dir: Path) -> int:
+    """How many metrics.jsonl records of ``run_dir`` hold a number computed on the test split."""
+    return sum(any(k in r for k in TEST_KEYS) for r in _metrics(run_dir))
+
+
+def evaluations(epochs: int, eval_every: int) -> int:
+    """Epoch-end evaluations of a stage of ``epochs`` epochs: every ``eval_every``-th and the last (the Trainer's
+    rule; a convergence stop makes its epoch the last)."""
+    return epochs // eval_every + (epochs % eval_every != 0)
+
+
+def stage_records(summary: dict[str, Any], run_dir: Path, fields: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per stage of one finished run: steps, epochs, wall / loop seconds, s per step, img/s, the seconds of one
+    epoch-end evaluation (None when the run continued from a checkpoint: its wall time covers part of the work),
+    the stop reason and the stage's accuracies."""
+    loops = harness.loop_timing(run_dir, fields)
+    out = {}
+    for stage, res in (summary.get("stages") or {}).items():
+        loop = loops.get(stage, {"loop_s": 0.0, "s_per_step": None})
+        per_step, images = loop["s_per_step"], harness.images_per_step(fields, stage)
+        evals = evaluations(res.get("epochs") or 1, fields.get("eval_every", 1))
+        wall = res.get("wall_time_s", 0.0)
+        out[stage] = {
+            "steps": res.get("steps"), "epochs": res.get("epochs"), "wall_s": wall, "loop_s": loop["loop_s"],
+            "s_per_step": per_step, "images_per_step": images,
+            "img_per_s": round(images / per_step, 1) if per_step else None, "evaluations": evals,
+            # the stage's time outside the log windows: its epoch-end evaluations (and checkpoints), per evaluation
+            "eval_s": round((wall - loop["loop_s"]) / evals, 2)
+            if per_step and not summary.get("continued") else None,
+            **{k: res[k] for k in ("stop_reason", "stopped_early", "best_epoch", "best_epoch_loss") if k in res},
+            **{k: v for k, v in res.items() if k.endswith(("acc", "top1"))},
+        }
+    return out
+
+
+def train_chain(arm: str, seed: int, runs: harness.Runs, run_dir: Path, args: argparse.Namespace
+                ) -> dict[str, Any]:
+    """The result record of one arm and seed: its runs in ``run_dir/<name>``, in order (``--resume``: finished
+    runs are read back, a killed one continues from its last checkpoint)."""
+    start = time.perf_counter()
+    record: dict[str, Any] = {"arm": arm, "seed": seed, "date": now_utc(), "load_start": load_average()[0],
+                              "code": code_version(), "stages": {}, "probe_curve": [], "test_reads": {}}
+    previous: Path | None = None
+    total = 0.0
+    flags = {"continued": False, "reused": True}
+    for name, fields in runs:
+        if fields.get("init_from") == PREVIOUS_RUN:
+            if previous is None:
+                raise ValueError(f"arm {arm!r}: run {name!r} starts from the previous run, and it is the first")
+            fields = {**fields, "init_from": str(previous)}
+        summary = harness.train_once(fields, run_dir / name, resume=args.resume)
+        record["stages"].update(stage_records(summary, run_dir / name, fields))
+        record["test_reads"][name] = count_test_reads(run_dir / name)
+        if "pretrain" in STAGES_OF_MODE[fields["mode"]]:
+            record["probe_curve"] = probe_curve(run_dir / name)
+            record["num_unlabeled"] = summary.get("num_unlabeled")
+        total += summary.get("total_s") or 0.0
+        flags = {"continued": flags["continued"] or bool(summary.get("continued")),
+                 "reused": flags["reused"] and bool(summary.get("reused"))}
+        previous = run_dir / name
+    acc = summary.get("final_test_acc")  # the last run's: the only one that reads the test split
+    final_stage = summary.get("stages", {}).get(STAGES_OF_MODE[fields["mode"]][-1], {})
+    record.update({
+        "load_end": load_average()[0], "test_acc": acc,
+        "test_err_pct": round(100 * (1 - acc), 3) if acc is not None else None,
+        "val_acc": final_stage.get("val_acc"), "num_labeled": summary.get("num_labeled"),
+        "num_test": summary.get("num_test"), "total_s": round(total, 2),
+        "wall_s_this_call": round(time.perf_counter() - start, 2), "reused": flags["reused"],
+        "continued_from_checkpoint": flags["continued"], "run_dir": _in_repository(run_dir),
+        "configs": {name: dict(fields) for name, fields in runs},
+    })
+    return record
+
+
+def _in_repository(path: Path) -> str:
+    """``path`` relative to the repository when inside it: records name no machine's absolute paths."""
+    try:
+        return str(path.resolve().relative_to(harness.ROOT))
+    except ValueError:
+        return str(path)
+
+
+# -- the projection ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StagePlan:
+    """One stage of the full protocol: ``epochs`` of ``steps_per_epoch`` steps, ``evaluations`` epoch-end
+    evaluations."""
+
+    epochs: int
+    steps_per_epoch: int
+    evaluations: int
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def stage_costs(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Median seconds per step, img/s and seconds per evaluation of each stage over ``records`` (one arm's runs
+    measured from scratch; reused or resumed runs have no timing of their own)."""
+    stages = dict.fromkeys(s for r in records for s in r["stages"])
+    out = {}
+    for stage in stages:
+        done = [r["stages"][stage] for r in records if stage in r["stages"]]
+        per_step = _median([s["s_per_step"] for s in done if s.get("s_per_step")])
+        eval_s = _median([s["eval_s"] for s in done if s.get("eval_s") is not None])
+        out[stage] = {"s_per_step": round(per_step, 4) if per_step else None,
+                      "img_per_s": round(done[0]["images_per_step"] / per_step, 1) if per_step else None,
+                      "eval_s": round(eval_s, 1) if eval_s is not None else None}
+    return out
+
+
+def project_minutes(costs: Mapping[str, Mapping[str, float | None]], plan: Mapping[str, StagePlan]) -> float | None:
+    """Minutes of one arm and seed under ``plan`` at the measured ``costs`` (None if a stage was not measured)."""
+    seconds = 0.0
+    for stage, p in plan.items():
+        c = costs.get(stage, {})
+        if not c.get("s_per_step"):
+            return None
+        seconds += p.epochs * p.steps_per_epoch * c["s_per_step"] + p.evaluations * (c.get("eval_s") or 0.0)
+    return round(seconds / 60, 1)
+
+
+def steps_per_epoch(images: int, batch: int, stage: str) -> int:
+    """Optimizer steps of one epoch: SC batches drop the last short batch (SC needs N >= 2), CE batches keep it."""
+    return images // batch if stage == "pretrain" else -(-images // batch)
+
+
+def library_versions(records: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
+    """``{library digest: ["arm seed s", ...]}`` over ``records``: one key when every run ran the same code."""
+    out: dict[str, list[str]] = {}
+    for r in records:
+        out.setdefault((r.get("code") or {}).get("library", "unknown"), []).append(f"{r['arm']} seed {r['seed']}")
+    return out
