@@ -155,9 +155,11 @@ def projection(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[
     for arm in args.arms:
         runs = [r for r in results if r["arm"] == arm]
         if runs:
-            costs = table_runs.stage_costs(runs)
+            costs, share = table_runs.stage_costs(runs), table_runs.cpu_share(runs)
+            minutes = table_runs.project_minutes(costs, plan(arm, args, n_train))
             per_arm[arm] = {"stages": costs, "plan": {s: vars(p) for s, p in plan(arm, args, n_train).items()},
-                            "minutes_per_seed": table_runs.project_minutes(costs, plan(arm, args, n_train))}
+                            "minutes_per_seed": minutes, "cpu_share": share,
+                            "minutes_per_seed_free_core": table_runs.free_core_minutes(minutes, share)}
     return {"per_arm": per_arm, "n_train": n_train,
             "note": "training loop (log windows) + one evaluation per stage; start-up and export not included"}
 
@@ -167,7 +169,8 @@ def markdown_block(report: dict[str, Any]) -> str:
     capped = f", capped at {cfg['max_steps']} steps per stage (timing run: errors not comparable)" \
         if cfg["max_steps"] else ""
     proj_rows = [[arm, stage, c["img_per_s"], c["s_per_step"], c["eval_s"], a["plan"][stage]["epochs"],
-                  a["minutes_per_seed"] if stage == next(iter(a["stages"])) else ""]
+                  *((a["minutes_per_seed"], a["cpu_share"], a["minutes_per_seed_free_core"])
+                    if stage == next(iter(a["stages"])) else ("", "", ""))]
                  for arm, a in report["projection"]["per_arm"].items() for stage, c in a["stages"].items()]
     return harness.results_block(report, f"{dataset.title} Table 3: SC initialisation vs none", [
         (f"- sc_mnist, all {report['projection']['n_train']} labels, batch {cfg['batch_size']}: sc_init = "
@@ -183,10 +186,11 @@ def markdown_block(report: dict[str, Any]) -> str:
         "",
         f"Code: {report['code_line']} Test-set reads: {report['test_split_line']}",
         "",
-        "Speed of these runs and the projected wall time of one arm and seed (one process, one torch thread):",
+        "Speed of these runs and the projected wall time of one arm and seed (one process, one torch thread; on a "
+        "free core: scaled by the share of a core the runs got, CPU s / wall s):",
         "",
         markdown_table(["arm", "stage", "img/s", "s/step", "s per evaluation", "epochs (protocol)",
-                        "projected min / seed"], proj_rows),
+                        "projected min / seed", "share of a core", "min / seed on a free core"], proj_rows),
         *harness.note_lines(cfg.get("notes")),
     ])
 

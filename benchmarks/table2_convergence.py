@@ -163,10 +163,12 @@ def projection(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[
     for arm in args.arms:
         runs = [r for r in results if r["arm"] == arm]
         if runs:
-            costs = table_runs.stage_costs(runs)
-            bounds = plans(arm, args, n_labeled, n_unlabeled)
-            per_arm[arm] = {"stages": costs, "minutes_per_seed": {b: table_runs.project_minutes(costs, p)
-                                                                  for b, p in bounds.items()}}
+            costs, share = table_runs.stage_costs(runs), table_runs.cpu_share(runs)
+            minutes = {b: table_runs.project_minutes(costs, p) for b, p in plans(arm, args, n_labeled,
+                                                                                 n_unlabeled).items()}
+            per_arm[arm] = {"stages": costs, "minutes_per_seed": minutes, "cpu_share": share,
+                            "minutes_per_seed_free_core": {b: table_runs.free_core_minutes(m, share)
+                                                           for b, m in minutes.items()}}
     return {"per_arm": per_arm, "n_labeled": n_labeled, "n_unlabeled": n_unlabeled,
             "note": "training loop (log windows) + probes / evaluations; start-up and export not included"}
 
@@ -199,9 +201,13 @@ def markdown_block(report: dict[str, Any]) -> str:
     capped = f", capped at {cfg['max_steps']} steps per stage (timing run: errors not comparable)" \
         if cfg["max_steps"] else ""
     proj = report["projection"]
+    def bounds(minutes: dict[str, float | None]) -> str:
+        return ", ".join(f"{b} {m}" for b, m in minutes.items())
+
     proj_rows = [[arm, stage, c["img_per_s"], c["s_per_step"], c["eval_s"],
-                  ", ".join(f"{b} {m}" for b, m in a["minutes_per_seed"].items()) if stage == next(iter(a["stages"]))
-                  else ""] for arm, a in proj["per_arm"].items() for stage, c in a["stages"].items()]
+                  *((bounds(a["minutes_per_seed"]), a["cpu_share"], bounds(a["minutes_per_seed_free_core"]))
+                    if stage == next(iter(a["stages"])) else ("", "", ""))]
+                 for arm, a in proj["per_arm"].items() for stage, c in a["stages"].items()]
     return harness.results_block(report, "Fashion-MNIST Table-2 protocol, SC until convergence", [
         (f"- sc_mnist; {proj['n_labeled']} labels ({cfg['labels_per_class']}/class), val {cfg['val_per_class']}/class, "
          f"SC on {proj['n_unlabeled']} images; batch {cfg['batch_size']}, plateau schedule. SC from lr "
@@ -225,10 +231,11 @@ def markdown_block(report: dict[str, Any]) -> str:
         f"Code: {report['code_line']} Test-set reads: {report['test_split_line']}",
         "",
         "Speed of these runs and the projected wall time of one arm and seed (one process, one torch thread; SC arms "
-        "with SC stopped at its minimum and at its cap):",
+        "with SC stopped at its minimum and at its cap; on a free core: scaled by the share of a core the runs got, "
+        "CPU s / wall s):",
         "",
-        markdown_table(["arm", "stage", "img/s", "s/step", "s per evaluation / probe", "projected min / seed"],
-                       proj_rows),
+        markdown_table(["arm", "stage", "img/s", "s/step", "s per evaluation / probe", "projected min / seed",
+                        "share of a core", "min / seed on a free core"], proj_rows),
         *harness.note_lines(cfg.get("notes")),
     ])
 

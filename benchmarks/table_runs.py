@@ -116,14 +116,18 @@ def train_chain(arm: str, seed: int, runs: harness.Runs, run_dir: Path, args: ar
     record: dict[str, Any] = {"arm": arm, "seed": seed, "date": now_utc(), "load_start": load_average()[0],
                               "code": code_version(), "stages": {}, "probe_curve": [], "test_reads": {}}
     previous: Path | None = None
-    total = 0.0
+    total = cpu_s = wall_s = 0.0
     flags = {"continued": False, "reused": True}
     for name, fields in runs:
         if fields.get("init_from") == PREVIOUS_RUN:
             if previous is None:
                 raise ValueError(f"arm {arm!r}: run {name!r} starts from the previous run, and it is the first")
             fields = {**fields, "init_from": str(previous)}
+        cpu, wall = time.process_time(), time.perf_counter()
         summary = harness.train_once(fields, run_dir / name, resume=args.resume)
+        if not summary.get("reused"):
+            cpu_s += time.process_time() - cpu
+            wall_s += time.perf_counter() - wall
         record["stages"].update(stage_records(summary, run_dir / name, fields))
         record["test_reads"][name] = count_test_reads(run_dir / name)
         if "pretrain" in STAGES_OF_MODE[fields["mode"]]:
@@ -141,6 +145,8 @@ def train_chain(arm: str, seed: int, runs: harness.Runs, run_dir: Path, args: ar
         "val_acc": final_stage.get("val_acc"), "num_labeled": summary.get("num_labeled"),
         "num_test": summary.get("num_test"), "total_s": round(total, 2),
         "wall_s_this_call": round(time.perf_counter() - start, 2), "reused": flags["reused"],
+        # the share of one core this process got while training: < 1 on a busy machine (one torch thread)
+        "cpu_share": round(cpu_s / wall_s, 3) if wall_s > 0 and not flags["continued"] else None,
         "continued_from_checkpoint": flags["continued"], "run_dir": _in_repository(run_dir),
         "configs": {name: dict(fields) for name, fields in runs},
     })
@@ -183,6 +189,17 @@ def stage_costs(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, float 
                       "img_per_s": round(done[0]["images_per_step"] / per_step, 1) if per_step else None,
                       "eval_s": round(eval_s, 1) if eval_s is not None else None}
     return out
+
+
+def cpu_share(records: Sequence[dict[str, Any]]) -> float | None:
+    """Median share of a core the runs of ``records`` got (CPU seconds / wall seconds, one torch thread)."""
+    shares = [r["cpu_share"] for r in records if r.get("cpu_share")]
+    return round(statistics.median(shares), 3) if shares else None
+
+
+def free_core_minutes(minutes: float | None, share: float | None) -> float | None:
+    """``minutes`` measured at ``share`` of a core, on a core of its own: the CPU time the work took."""
+    return round(minutes * min(1.0, share), 1) if minutes is not None and share else None
 
 
 def project_minutes(costs: Mapping[str, Mapping[str, float | None]], plan: Mapping[str, StagePlan]) -> float | None:
