@@ -404,7 +404,8 @@ def fmt(stats: dict[str, float] | None, digits: int = 0) -> str:
 
 def results_block(report: dict[str, Any]) -> str:
     cfg = report["config"]
-    title = "Trainer img/s over the model's own limit, memory vs stream" if report["ratios"] else "start-up and RSS"
+    title = ("Trainer img/s over the model's own limit, memory vs stream" if report["ratios"] else
+             "loaders and batched augmentation" if report["loaders"] or report["augment"] else "start-up and RSS")
     lines = [
         f"## Data path: {title} ({report['date']})",
         "",
