@@ -106,6 +106,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--patch-size", type=float, default=6,
                    help="SC patch side in cells of the 7x7 map (or a fraction); paper: almost the whole image")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between mid-epoch checkpoints")
+    table_runs.add_report_only_flag(p)
     p.add_argument("--figure-dir", type=Path, default=None,
                    help="where the figure goes (default benchmarks/figures; temporary with --smoke)")
     args = p.parse_args(argv)
@@ -183,6 +184,7 @@ def markdown_block(report: dict[str, Any]) -> str:
                                    paper=dataset.paper, figures=[Path(f) for f in report["figures"]]),
         "",
         harness.runs_line(report["runs"]),
+        *([f"Missing (not run yet): {', '.join(report['missing'])}."] if report.get("missing") else []),
         "",
         f"Code: {report['code_line']} Test-set reads: {report['test_split_line']}",
         "",
@@ -198,7 +200,8 @@ def markdown_block(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     dataset = DATASETS[args.dataset]
-    report, results = harness.run_arms(dataset.name, args, arm_runs, table_runs.train_chain)
+    report, results, missing = table_runs.run_or_read(dataset.name, args, arm_runs)
+    report["missing"] = missing
     report["runs"] = [{k: v for k, v in r.items() if k != "configs"} for r in results]
     errors = table_report.errors_by_arm(results, args.arms)
     report["errors"] = errors

@@ -113,6 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=None,
                    help="cap on optimizer steps per stage (timing runs); default: none")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between mid-epoch checkpoints")
+    table_runs.add_report_only_flag(p)
     p.add_argument("--figure-dir", type=Path, default=None,
                    help="where the figures go (default benchmarks/figures; temporary with --smoke)")
     args = p.parse_args(argv)
@@ -227,6 +228,7 @@ def markdown_block(report: dict[str, Any]) -> str:
                        sc_stage_rows(report["runs"])),
         "",
         harness.runs_line(report["runs"]),
+        *([f"Missing (not run yet): {', '.join(report['missing'])}."] if report.get("missing") else []),
         "",
         f"Code: {report['code_line']} Test-set reads: {report['test_split_line']}",
         "",
@@ -242,7 +244,8 @@ def markdown_block(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    report, results = harness.run_arms(NAME, args, arm_runs, table_runs.train_chain)
+    report, results, missing = table_runs.run_or_read(NAME, args, arm_runs)
+    report["missing"] = missing
     report["runs"] = [{k: v for k, v in r.items() if k != "configs"} for r in results]
     errors = table_report.errors_by_arm(results, args.arms)
     report["errors"] = errors
