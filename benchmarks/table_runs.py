@@ -171,6 +171,10 @@ def run_or_read(name: str, args: argparse.Namespace, runs_of: Any
     return report, records, []
 
 
+class ProtocolHelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """``--help``: the flags with their defaults, and the epilog (the script's protocol, its docstring) as written."""
+
+
 def add_report_only_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: report the arms and seeds whose records are in the result dir, and list "

@@ -273,7 +273,7 @@ def test_table2_help_states_the_protocol(capsys: pytest.CaptureFixture[str], mon
     text = capsys.readouterr().out
     for flag in ("--pretrain-patience", "--pretrain-min-epochs", "--pretrain-epochs", "--val-per-class", "--resume"):
         assert flag in text
-    assert "until the epoch SC loss stops improving" in t2.__doc__ and "--arms sc_paper" in t2.__doc__
+    assert "until the epoch SC loss stops improving" in text and "--arms sc_paper --seeds 0 1 2 --resume" in text
 
 
 # -- the shared pieces ---------------------------------------------------------------------------------------
