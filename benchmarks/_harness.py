@@ -137,10 +137,34 @@ def run_arms(name: str, args: argparse.Namespace, runs_of: Callable[[str, argpar
         for seed in args.seeds:
             for arm in args.arms:
                 runs = runs_of(arm, args, seed)
-                key = cache.key(f"{arm}_seed{seed}", [fields for _, fields in runs])
+                key = arm_key(cache, arm, seed, runs)
                 compute = functools.partial(train, arm, seed, runs, args.runs_dir / key, args)
                 records.append(cache.run(key, compute, reuse=args.resume, label=name))
         return report, records
+
+
+def arm_key(cache: ResultCache, arm: str, seed: int, runs: Runs) -> str:
+    """The result-cache key of one arm and seed: ``<arm>_seed<seed>_<hash of its runs' fields>``."""
+    return cache.key(f"{arm}_seed{seed}", [fields for _, fields in runs])
+
+
+def read_arms(name: str, args: argparse.Namespace, runs_of: Callable[[str, argparse.Namespace, int], Runs]
+              ) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
+    """(report header, records, missing keys) of ``args.arms`` x ``args.seeds`` from the result cache alone:
+    what :func:`run_arms` reads back with ``--resume``, and nothing is trained."""
+    with contextlib.ExitStack() as stack:
+        set_run_dirs(args, name, stack)
+        report, cache = report_header(name, args), ResultCache(args.results_dir)
+        records, missing = [], []
+        for seed in args.seeds:
+            for arm in args.arms:
+                key = arm_key(cache, arm, seed, runs_of(arm, args, seed))
+                found = cache.get(key)
+                if found is None:
+                    missing.append(key)
+                else:
+                    records.append(found)
+        return report, records, missing
 
 
 def runs_line(runs: Iterable[dict[str, Any]]) -> str:

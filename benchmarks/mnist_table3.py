@@ -35,7 +35,7 @@ The full protocol, two arms at once with one torch thread each (see the "protoco
 
     python benchmarks/mnist_table3.py --dataset mnist --arms sc_init --seeds 0 1 2 --resume &
     python benchmarks/mnist_table3.py --dataset mnist --arms no_init --seeds 0 1 2 --resume
-    wait; python benchmarks/mnist_table3.py --dataset mnist --resume --write-results   # report, trains nothing
+    wait; python benchmarks/mnist_table3.py --dataset mnist --report-only --write-results  # trains nothing
 
     python benchmarks/mnist_table3.py --dataset fashion-mnist --max-steps 100 --seeds 0 \\
         --results-dir /tmp/t3 --runs-dir /tmp/t3runs --figure-dir /tmp/t3fig        # a timing run
@@ -106,6 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--patch-size", type=float, default=6,
                    help="SC patch side in cells of the 7x7 map (or a fraction); paper: almost the whole image")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between mid-epoch checkpoints")
+    table_runs.add_report_only_flag(p)
+    p.formatter_class, p.epilog = table_runs.ProtocolHelpFormatter, __doc__  # --help states the protocol
     p.add_argument("--figure-dir", type=Path, default=None,
                    help="where the figure goes (default benchmarks/figures; temporary with --smoke)")
     args = p.parse_args(argv)
@@ -160,7 +162,11 @@ def projection(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[
             per_arm[arm] = {"stages": costs, "plan": {s: vars(p) for s, p in plan(arm, args, n_train).items()},
                             "minutes_per_seed": minutes, "cpu_share": share,
                             "minutes_per_seed_free_core": table_runs.free_core_minutes(minutes, share)}
-    return {"per_arm": per_arm, "n_train": n_train,
+    total = [a["minutes_per_seed"] for a in per_arm.values()]
+    free = [a["minutes_per_seed_free_core"] for a in per_arm.values()]
+    return {"per_arm": per_arm, "n_train": n_train, "seeds": args.project_seeds,
+            "total_hours": round(sum(total) * args.project_seeds / 60, 1) if None not in total else None,
+            "total_hours_free_core": round(sum(free) * args.project_seeds / 60, 1) if None not in free else None,
             "note": "training loop (log windows) + one evaluation per stage; start-up and export not included"}
 
 
@@ -183,6 +189,7 @@ def markdown_block(report: dict[str, Any]) -> str:
                                    paper=dataset.paper, figures=[Path(f) for f in report["figures"]]),
         "",
         harness.runs_line(report["runs"]),
+        *([f"Missing (not run yet): {', '.join(report['missing'])}."] if report.get("missing") else []),
         "",
         f"Code: {report['code_line']} Test-set reads: {report['test_split_line']}",
         "",
@@ -191,6 +198,9 @@ def markdown_block(report: dict[str, Any]) -> str:
         "",
         markdown_table(["arm", "stage", "img/s", "s/step", "s per evaluation", "epochs (protocol)",
                         "projected min / seed", "share of a core", "min / seed on a free core"], proj_rows),
+        "",
+        f"All arms x {report['projection']['seeds']} seeds in one process: {report['projection']['total_hours']} h "
+        f"at these speeds, {report['projection']['total_hours_free_core']} h on a free core.",
         *harness.note_lines(cfg.get("notes")),
     ])
 
@@ -198,7 +208,8 @@ def markdown_block(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     dataset = DATASETS[args.dataset]
-    report, results = harness.run_arms(dataset.name, args, arm_runs, table_runs.train_chain)
+    report, results, missing = table_runs.run_or_read(dataset.name, args, arm_runs)
+    report["missing"] = missing
     report["runs"] = [{k: v for k, v in r.items() if k != "configs"} for r in results]
     errors = table_report.errors_by_arm(results, args.arms)
     report["errors"] = errors

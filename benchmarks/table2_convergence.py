@@ -53,7 +53,7 @@ The full protocol, two arms at once with one torch thread each (see the "protoco
     python benchmarks/table2_convergence.py --arms sc_paper --seeds 0 1 2 --resume &
     python benchmarks/table2_convergence.py --arms sc_tuned --seeds 0 1 2 --resume
     wait; python benchmarks/table2_convergence.py --arms sup sup_lr0.1 --seeds 0 1 2 --resume
-    python benchmarks/table2_convergence.py --resume --write-results      # the report: trains nothing new
+    python benchmarks/table2_convergence.py --report-only --write-results  # the report: trains nothing
 
     python benchmarks/table2_convergence.py --max-steps 100 --seeds 0 --results-dir /tmp/t2 \\
         --runs-dir /tmp/t2runs --figure-dir /tmp/t2fig                    # a timing run
@@ -113,6 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=None,
                    help="cap on optimizer steps per stage (timing runs); default: none")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between mid-epoch checkpoints")
+    table_runs.add_report_only_flag(p)
+    p.formatter_class, p.epilog = table_runs.ProtocolHelpFormatter, __doc__  # --help states the protocol
     p.add_argument("--figure-dir", type=Path, default=None,
                    help="where the figures go (default benchmarks/figures; temporary with --smoke)")
     args = p.parse_args(argv)
@@ -169,7 +171,13 @@ def projection(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[
             per_arm[arm] = {"stages": costs, "minutes_per_seed": minutes, "cpu_share": share,
                             "minutes_per_seed_free_core": {b: table_runs.free_core_minutes(m, share)
                                                            for b, m in minutes.items()}}
-    return {"per_arm": per_arm, "n_labeled": n_labeled, "n_unlabeled": n_unlabeled,
+    def total_hours(key: str, bound: str) -> float | None:  # every arm x --project-seeds, one process
+        minutes = [a[key].get(bound, a[key].get("all")) for a in per_arm.values()]
+        return round(sum(minutes) * args.project_seeds / 60, 1) if minutes and None not in minutes else None
+
+    return {"per_arm": per_arm, "n_labeled": n_labeled, "n_unlabeled": n_unlabeled, "seeds": args.project_seeds,
+            "total_hours": {b: total_hours("minutes_per_seed", b) for b in ("min", "cap")},
+            "total_hours_free_core": {b: total_hours("minutes_per_seed_free_core", b) for b in ("min", "cap")},
             "note": "training loop (log windows) + probes / evaluations; start-up and export not included"}
 
 
@@ -227,6 +235,7 @@ def markdown_block(report: dict[str, Any]) -> str:
                        sc_stage_rows(report["runs"])),
         "",
         harness.runs_line(report["runs"]),
+        *([f"Missing (not run yet): {', '.join(report['missing'])}."] if report.get("missing") else []),
         "",
         f"Code: {report['code_line']} Test-set reads: {report['test_split_line']}",
         "",
@@ -236,13 +245,17 @@ def markdown_block(report: dict[str, Any]) -> str:
         "",
         markdown_table(["arm", "stage", "img/s", "s/step", "s per evaluation / probe", "projected min / seed",
                         "share of a core", "min / seed on a free core"], proj_rows),
+        "",
+        f"All arms x {proj['seeds']} seeds in one process (SC at its minimum, at its cap): "
+        f"{bounds(proj['total_hours'])} h at these speeds, {bounds(proj['total_hours_free_core'])} h on a free core.",
         *harness.note_lines(cfg.get("notes")),
     ])
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    report, results = harness.run_arms(NAME, args, arm_runs, table_runs.train_chain)
+    report, results, missing = table_runs.run_or_read(NAME, args, arm_runs)
+    report["missing"] = missing
     report["runs"] = [{k: v for k, v in r.items() if k != "configs"} for r in results]
     errors = table_report.errors_by_arm(results, args.arms)
     report["errors"] = errors

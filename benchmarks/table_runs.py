@@ -161,6 +161,26 @@ def _in_repository(path: Path) -> str:
         return str(path)
 
 
+def run_or_read(name: str, args: argparse.Namespace, runs_of: Any
+                ) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
+    """(report header, records, missing keys): with ``args.report_only`` the records already in the result
+    cache (nothing trained), else every arm and seed through :func:`train_chain` (none missing)."""
+    if args.report_only:
+        return harness.read_arms(name, args, runs_of)
+    report, records = harness.run_arms(name, args, runs_of, train_chain)
+    return report, records, []
+
+
+class ProtocolHelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """``--help``: the flags with their defaults, and the epilog (the script's protocol, its docstring) as written."""
+
+
+def add_report_only_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: report the arms and seeds whose records are in the result dir, and list "
+                   "the missing ones")
+
+
 # -- the projection ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StagePlan:

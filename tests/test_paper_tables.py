@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from sclearn import TrainConfig
 from sclearn.presets import SC_PRESETS
@@ -104,7 +105,8 @@ def reads_of_test(run_dir: Path) -> list[dict]:
 
 
 # -- Table 3 -------------------------------------------------------------------------------------------------
-def test_table3_smoke_report_is_what_the_result_files_say(idx_dir: Path, tmp_path: Path) -> None:
+def test_table3_smoke_report_is_what_the_result_files_say(idx_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     report = run_script("mnist_table3.py", idx_dir, tmp_path, "--seeds", "0", "1")
     recs = records(tmp_path)
     assert set(recs) == {(a, s) for a in ("sc_init", "no_init") for s in (0, 1)}
@@ -127,6 +129,22 @@ def test_table3_smoke_report_is_what_the_result_files_say(idx_dir: Path, tmp_pat
     block = t3.markdown_block(report)
     assert "| sc_init − no_init | 0: {:+.2f}, 1: {:+.2f} |".format(*c["differences"].values()) in block
     assert "0.34 ± 0.02 %" in block and c["verdict"] in block
+    # --report-only: the same numbers from the result files, seed 2 listed as missing, nothing trained
+    files = sorted(p.name for p in (tmp_path / "res").iterdir())
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    capsys.readouterr()
+    try:
+        assert t3.main(["--smoke", "--data", f"idx:{idx_dir}", "--results-dir", str(tmp_path / "res"), "--runs-dir",
+                        str(tmp_path / "runs"), "--figure-dir", str(tmp_path / "fig2"), "--seeds", "0", "1", "2",
+                        "--report-only"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    again = json.loads(capsys.readouterr().out)
+    assert sorted(p.name for p in (tmp_path / "res").iterdir()) == files
+    assert [k.rsplit("_", 1)[0] for k in again["missing"]] == ["sc_init_seed2", "no_init_seed2"]
+    assert again["comparisons"][0]["differences"] == c["differences"] and again["verdict"] == c["verdict"]
+    assert "Missing (not run yet): sc_init_seed2_" in t3.markdown_block(again)
 
 
 def test_table3_fashion_mnist_has_its_own_results_and_no_paper_number(tmp_path: Path) -> None:
@@ -255,7 +273,7 @@ def test_table2_help_states_the_protocol(capsys: pytest.CaptureFixture[str], mon
     text = capsys.readouterr().out
     for flag in ("--pretrain-patience", "--pretrain-min-epochs", "--pretrain-epochs", "--val-per-class", "--resume"):
         assert flag in text
-    assert "until the epoch SC loss stops improving" in t2.__doc__ and "--arms sc_paper" in t2.__doc__
+    assert "until the epoch SC loss stops improving" in text and "--arms sc_paper --seeds 0 1 2 --resume" in text
 
 
 # -- the shared pieces ---------------------------------------------------------------------------------------
