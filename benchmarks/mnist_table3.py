@@ -105,11 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="lr schedule (paper: /10 on plateau of the epoch loss)")
     p.add_argument("--patch-size", type=float, default=6,
                    help="SC patch side in cells of the 7x7 map (or a fraction); paper: almost the whole image")
-    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between mid-epoch checkpoints")
-    table_runs.add_report_only_flag(p)
-    p.formatter_class, p.epilog = table_runs.ProtocolHelpFormatter, __doc__  # --help states the protocol
-    p.add_argument("--figure-dir", type=Path, default=None,
-                   help="where the figure goes (default benchmarks/figures; temporary with --smoke)")
+    table_runs.add_table_flags(p, __doc__, figures="figure")
     args = p.parse_args(argv)
     dataset = DATASETS[args.dataset]
     args.data = args.data or dataset.data

@@ -112,11 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="relative improvement of the epoch SC loss over its best that counts")
     p.add_argument("--max-steps", type=int, default=None,
                    help="cap on optimizer steps per stage (timing runs); default: none")
-    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between mid-epoch checkpoints")
-    table_runs.add_report_only_flag(p)
-    p.formatter_class, p.epilog = table_runs.ProtocolHelpFormatter, __doc__  # --help states the protocol
-    p.add_argument("--figure-dir", type=Path, default=None,
-                   help="where the figures go (default benchmarks/figures; temporary with --smoke)")
+    table_runs.add_table_flags(p, __doc__, figures="figures")
     args = p.parse_args(argv)
     args.seeds = args.seeds or ([0] if args.smoke else [0, 1, 2])
     if args.smoke:

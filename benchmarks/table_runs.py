@@ -175,10 +175,15 @@ class ProtocolHelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.Argum
     """``--help``: the flags with their defaults, and the epilog (the script's protocol, its docstring) as written."""
 
 
-def add_report_only_flag(p: argparse.ArgumentParser) -> None:
+def add_table_flags(p: argparse.ArgumentParser, protocol: str, figures: str) -> None:
+    """The flags every table script shares, and ``--help`` that prints the protocol (``protocol``)."""
+    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between mid-epoch checkpoints")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: report the arms and seeds whose records are in the result dir, and list "
                    "the missing ones")
+    p.formatter_class, p.epilog = ProtocolHelpFormatter, protocol  # --help states the protocol
+    p.add_argument("--figure-dir", type=Path, default=None,
+                   help=f"where the {figures} go (default benchmarks/figures; temporary with --smoke)")
 
 
 # -- the projection ------------------------------------------------------------------------------------------
