@@ -45,9 +45,7 @@ The full protocol, two arms at once with one torch thread each (see the "protoco
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` and `_harne
 import _harness as harness
 import table_report
 import table_runs
-from common import BENCH_DIR, markdown_table, summarize
+from common import markdown_table, summarize
 from table_runs import StagePlan
 
 ARMS = ("sc_init", "no_init")
@@ -204,27 +202,21 @@ def markdown_block(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     dataset = DATASETS[args.dataset]
-    report, results, missing = table_runs.run_or_read(dataset.name, args, arm_runs)
-    report["missing"] = missing
-    report["runs"] = [{k: v for k, v in r.items() if k != "configs"} for r in results]
-    errors = table_report.errors_by_arm(results, args.arms)
-    report["errors"] = errors
+    report, results, errors = table_report.collect(dataset.name, args, arm_runs)
     report["arms"] = {arm: {"test_err_pct": summarize(list(e.values()), 3) if e else None,
                             "paper_err_pct": (dataset.paper or {}).get(arm)} for arm, e in errors.items()}
     report["comparisons"] = [table_report.compare(errors, "sc_init", "no_init")] \
         if set(ARMS) <= set(args.arms) else []
     report["verdict"] = report["comparisons"][0]["verdict"] if report["comparisons"] else None
-    report["code_line"] = table_report.code_line(results)
-    report["test_split_line"] = table_report.reads_line(results)
-    report["projection"] = projection(results, args)
-    with contextlib.ExitStack() as stack:
-        figure_dir = args.figure_dir or (Path(stack.enter_context(tempfile.TemporaryDirectory())) if args.smoke
-                                         else BENCH_DIR / "figures")
+
+    def draw(figure_dir: Path) -> list[Path]:
         figure = table_report.table_figure(errors, figure_dir / f"{dataset.name}.png",
                                            title=f"{dataset.title}, Table 3 protocol", comparison=("sc_init", "no_init"),
                                            paper=dataset.paper)
-        report["figures"] = [str(figure)] if figure else []
-        harness.publish(report, args, dataset.name, markdown_block)
+        return [figure] if figure else []
+
+    table_report.publish(report, results, args, dataset.name, projection=projection, markdown_block=markdown_block,
+                         draw=draw)
     return 0
 
 

@@ -63,9 +63,7 @@ The full protocol, two arms at once with one torch thread each (see the "protoco
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +72,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` and `_harne
 import _harness as harness
 import table_report
 import table_runs
-from common import BENCH_DIR, markdown_table, summarize
+from common import markdown_table, summarize
 from table_runs import StagePlan
 
 from sclearn.presets import sc_preset
@@ -250,30 +248,23 @@ def markdown_block(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    report, results, missing = table_runs.run_or_read(NAME, args, arm_runs)
-    report["missing"] = missing
-    report["runs"] = [{k: v for k, v in r.items() if k != "configs"} for r in results]
-    errors = table_report.errors_by_arm(results, args.arms)
-    report["errors"] = errors
+    report, results, errors = table_report.collect(NAME, args, arm_runs)
     report["arms"] = {arm: {"test_err_pct": summarize(list(e.values()), 3) if e else None} for arm, e in errors.items()}
     report["comparisons"] = [
         {**table_report.compare(errors, arm, base), "role": role}
         for role, pairs in (("fixed", COMPARISONS), ("reference", REFERENCE_COMPARISONS))
         for arm, base in pairs if arm in args.arms and base in args.arms]
     report["verdicts"] = {f"{c['arm']} vs {c['baseline']}": c["verdict"] for c in report["comparisons"]}
-    report["code_line"] = table_report.code_line(results)
-    report["test_split_line"] = table_report.reads_line(results)
-    report["projection"] = projection(results, args)
-    with contextlib.ExitStack() as stack:
-        figure_dir = args.figure_dir or (Path(stack.enter_context(tempfile.TemporaryDirectory())) if args.smoke
-                                         else BENCH_DIR / "figures")
+
+    def draw(figure_dir: Path) -> list[Path]:
         table = table_report.table_figure(errors, figure_dir / f"{NAME}.png",
                                           title="Fashion-MNIST, Table-2 protocol (4,000 labels), SC until convergence",
                                           comparison=COMPARISONS[0], paper=None)
         probes = table_report.probe_figures(results, [a for a in args.arms if a in SC_ARMS], figure_dir, NAME,
                                             title="SC pre-training on Fashion-MNIST")
-        report["figures"] = [str(f) for f in ([table] if table else []) + probes]
-        harness.publish(report, args, NAME, markdown_block)
+        return ([table] if table else []) + probes
+
+    table_report.publish(report, results, args, NAME, projection=projection, markdown_block=markdown_block, draw=draw)
     return 0
 
 

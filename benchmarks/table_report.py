@@ -9,11 +9,15 @@ level is fixed here, before any run.
 
 from __future__ import annotations
 
+import argparse
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import _harness as harness
+import table_runs
 from common import BENCH_DIR, markdown_table
 from paired_stats import arm_summary, paired_comparison
 from paper_figures import save_probe_figure, save_table_figure
@@ -162,3 +166,28 @@ def probe_figures(records: Sequence[dict[str, Any]], arms: Sequence[str], out_di
         if curves:
             out.append(save_probe_figure(curves, out_dir / f"{name}_probe_{arm}.png", title=f"{title}: {arm}"))
     return out
+
+
+# -- the shared start and end of a table script's main() ---------------------------------------------------
+def collect(name: str, args: argparse.Namespace, runs_of: Any) -> tuple[dict[str, Any], list[dict[str, Any]], Errors]:
+    """Train (or, with ``--report-only``, read) every arm and seed of ``args``: the report so far (with the
+    missing records, the runs and the errors), the records, and ``{arm: {seed: test error %}}``."""
+    report, results, missing = table_runs.run_or_read(name, args, runs_of)
+    errors = errors_by_arm(results, args.arms)
+    report.update(missing=missing, runs=[{k: v for k, v in r.items() if k != "configs"} for r in results],
+                  errors=errors)
+    return report, results, errors
+
+
+def publish(report: dict[str, Any], results: Sequence[dict[str, Any]], args: argparse.Namespace, name: str, *,
+            projection: Callable[[Sequence[dict[str, Any]], argparse.Namespace], dict[str, Any]],
+            markdown_block: Callable[[dict[str, Any]], str], draw: Callable[[Path], list[Path]]) -> None:
+    """Add the code, test-read and projection lines, draw the figures (``draw(figure_dir)``; a temporary dir for
+    ``--smoke`` without ``--figure-dir``), then print the report and, with ``--write-results``, its block."""
+    report["code_line"] = code_line(results)
+    report["test_split_line"] = reads_line(results)
+    report["projection"] = projection(results, args)
+    with tempfile.TemporaryDirectory() as tmp:
+        figure_dir = args.figure_dir or (Path(tmp) if args.smoke else BENCH_DIR / "figures")
+        report["figures"] = [str(f) for f in draw(figure_dir)]
+        harness.publish(report, args, name, markdown_block)

@@ -102,9 +102,8 @@ def test_data_path_smoke(idx_dir: Path, tmp_path: Path) -> None:
     assert checkpoint["ms_per_step"] is None and _finite_positive(checkpoint["ms_per_call"])
 
 
-@pytest.mark.parametrize("script", ["sample_efficiency.py", "mnist_table3.py", "feature_diagnostics.py", "data_path.py"])
-def test_help(script: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    module = load_script(script)
+def help_text(parse_args, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> str:
+    """What ``parse_args(["--help"])`` prints; fails if it does not exit 0 or if a flag has no help text."""
     parsers: list[argparse.ArgumentParser] = []
     original = argparse.ArgumentParser.parse_args
 
@@ -114,12 +113,17 @@ def test_help(script: str, capsys: pytest.CaptureFixture[str], monkeypatch: pyte
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
     with pytest.raises(SystemExit) as exit_info:
-        module.parse_args(["--help"])
+        parse_args(["--help"])
     assert exit_info.value.code == 0
-    text = capsys.readouterr().out
-    assert "--smoke" in text and "--write-results" in text
     undocumented = [a.dest for a in parsers[0]._actions if not a.help]
     assert not undocumented, f"flags without help: {undocumented}"
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("script", ["sample_efficiency.py", "mnist_table3.py", "feature_diagnostics.py", "data_path.py"])
+def test_help(script: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    text = help_text(load_script(script).parse_args, capsys, monkeypatch)
+    assert "--smoke" in text and "--write-results" in text
 
 
 def test_sc_ablation_smoke(idx_dir: Path, tmp_path: Path) -> None:

@@ -6,11 +6,10 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from sclearn.checkpoint import CheckpointManager, list_checkpoints
 from sclearn.config import TrainConfig
 from sclearn.stopping import ConvergenceStop
 from sclearn.train import Trainer
-from tests.test_train import read_metrics, tiny_config
+from tests.test_train import kill_then_resume, read_metrics, tiny_config
 
 
 def reference_stop_epoch(losses: list[float | None], patience: int, min_epochs: int, min_delta: float) -> int | None:
@@ -116,28 +115,20 @@ def test_kill_and_resume_around_the_stop_ends_identical(idx_dir, tmp_path, monke
     """Killed at an SC epoch end with the no-improvement count running, or right after the stop's checkpoint:
     the resumed run stops at the same epoch and ends with the weights and log of the uninterrupted one."""
     cfg = _stop_config(idx_dir, tmp_path, "cut")
-    real_save, killed = CheckpointManager.save, []
 
-    def save_then_die(self, state):
-        path = real_save(self, state)
+    killed: list[int] = []
+
+    def around_the_stop(state) -> bool:
         pre = state["stage_results"].get("pretrain", {})
         if kill_at == "counting":
             due = state["stage_index"] == 0 and pre.get("epochs_without_improvement", 0) >= 1
         else:
             due = state["stage_index"] == 1 and "stop_reason" in pre
-        if due and not killed:
-            killed.append(state["global_step"])
-            raise KeyboardInterrupt("simulated kill")
-        return path
+        killed.extend([state["global_step"]] if due else [])
+        return due
 
-    monkeypatch.setattr(CheckpointManager, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg).fit()
-    monkeypatch.setattr(CheckpointManager, "save", real_save)
-    saved = json.loads((list_checkpoints(Path(cfg.output_dir) / "checkpoints")[-1] / "trainer_state.json").read_text())
-    assert saved["global_step"] == killed[0]
-    cfg.resume = True
-    Trainer(cfg).fit()
+    saved = kill_then_resume(cfg, monkeypatch, around_the_stop)
+    assert saved["global_step"] == killed[0]  # the resume starts from the checkpoint the kill followed
     run = Path(cfg.output_dir)
     ref, got = load_file(str(stopped_run / "backbone.safetensors")), load_file(str(run / "backbone.safetensors"))
     assert got.keys() == ref.keys()

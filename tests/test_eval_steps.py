@@ -7,11 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sclearn.checkpoint import CheckpointManager
 from sclearn.cli import build_parser, config_from_args
 from sclearn.config import TrainConfig
 from sclearn.train import Trainer
-from tests.test_train import read_metrics, tiny_config
+from tests.test_train import kill_then_resume, read_metrics, tiny_config
 
 
 def _training_records(run: Path) -> list[dict]:
@@ -57,20 +56,8 @@ def test_resume_after_a_kill_keeps_the_step_evaluations_and_the_weights(idx_dir,
     Trainer(ref).fit()
 
     cut = tiny_config(idx_dir, tmp_path, output_dir=str(tmp_path / "cut"), **common)
-    real_save = CheckpointManager.save
-
-    def save_then_die(self, state):
-        path = real_save(self, state)
-        if state["global_step"] == 3:  # after evaluating at step 2, before evaluating at step 4
-            raise KeyboardInterrupt("simulated kill")
-        return path
-
-    monkeypatch.setattr(CheckpointManager, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cut).fit()
-    monkeypatch.setattr(CheckpointManager, "save", real_save)
-    cut.resume = True
-    Trainer(cut).fit()
+    # killed after evaluating at step 2, before evaluating at step 4
+    kill_then_resume(cut, monkeypatch, lambda state: state["global_step"] == 3)
 
     strip = lambda rs: [{k: v for k, v in r.items() if k != "img_per_s"} for r in rs]
     got, want = strip(read_metrics(Path(cut.output_dir))), strip(read_metrics(Path(ref.output_dir)))

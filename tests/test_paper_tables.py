@@ -9,7 +9,6 @@ P(|T| >= t) = 1 - 2 atan(t) / pi), the verdict's branch, the convergence stop's 
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import math
@@ -24,7 +23,7 @@ import torch
 
 from sclearn import TrainConfig
 from sclearn.presets import SC_PRESETS
-from tests.test_benchmark_scripts import BENCH, ROOT, load_script
+from tests.test_benchmark_scripts import BENCH, ROOT, help_text, load_script
 
 load_script("common.py")  # puts benchmarks/ on sys.path
 harness = importlib.import_module("_harness")
@@ -258,19 +257,7 @@ def test_table2_protocol_arms_as_fixed_in_advance() -> None:
 
 
 def test_table2_help_states_the_protocol(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    parsers: list[argparse.ArgumentParser] = []
-    original = argparse.ArgumentParser.parse_args
-
-    def capture(self, *args, **kwargs):
-        parsers.append(self)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
-    with pytest.raises(SystemExit) as exit_info:
-        t2.parse_args(["--help"])
-    assert exit_info.value.code == 0
-    assert not [a.dest for a in parsers[0]._actions if not a.help], "flags without help"
-    text = capsys.readouterr().out
+    text = help_text(t2.parse_args, capsys, monkeypatch)
     for flag in ("--pretrain-patience", "--pretrain-min-epochs", "--pretrain-epochs", "--val-per-class", "--resume"):
         assert flag in text
     assert "until the epoch SC loss stops improving" in text and "--arms sc_paper --seeds 0 1 2 --resume" in text

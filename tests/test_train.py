@@ -174,6 +174,28 @@ def test_labeled_drop_last(idx_dir, tmp_path, drop_last, steps_per_epoch):
     assert sizes == ([16, 16, 16] if drop_last else [16, 16, 16, 2])
 
 
+def kill_then_resume(cfg: TrainConfig, monkeypatch: pytest.MonkeyPatch, die_after) -> dict:
+    """Fit ``cfg`` until ``die_after(state)`` is true right after a checkpoint save (a simulated kill), then fit
+    again with ``resume=True``. Returns the trainer state of the checkpoint the resume started from."""
+    real_save = CheckpointManager.save
+
+    def save_then_die(self, state):
+        path = real_save(self, state)
+        if die_after(state):
+            raise KeyboardInterrupt("simulated kill")
+        return path
+
+    monkeypatch.setattr(CheckpointManager, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg).fit()
+    monkeypatch.setattr(CheckpointManager, "save", real_save)
+    resumed_from = json.loads((list_checkpoints(Path(cfg.output_dir) / "checkpoints")[-1]
+                               / "trainer_state.json").read_text())
+    cfg.resume = True
+    Trainer(cfg).fit()
+    return resumed_from
+
+
 def _final_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "backbone.safetensors"))
 
@@ -187,23 +209,14 @@ def test_resume_mid_epoch_gives_identical_weights(idx_dir, tmp_path, monkeypatch
 
     cfg = tiny_config(idx_dir, tmp_path, mode=mode, output_dir=str(tmp_path / "cut"), checkpoint_every=2,
                       schedule="plateau")
-    real_save, saves = CheckpointManager.save, []
+    saves: list[int] = []
 
-    def save_then_die(self, state):
-        path = real_save(self, state)
+    def second_save(state) -> bool:  # the second checkpoint is mid-epoch: die right after it
         saves.append(state["global_step"])
-        if len(saves) == 2:  # the second checkpoint is mid-epoch: die right after it
-            raise KeyboardInterrupt("simulated kill")
-        return path
+        return len(saves) == 2
 
-    monkeypatch.setattr(CheckpointManager, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg).fit()
-    monkeypatch.setattr(CheckpointManager, "save", real_save)
-    state = json.loads((list_checkpoints(Path(cfg.output_dir) / "checkpoints")[-1] / "trainer_state.json").read_text())
+    state = kill_then_resume(cfg, monkeypatch, second_save)
     assert state["batch_in_epoch"] > 0  # really mid-epoch
-    cfg.resume = True
-    Trainer(cfg).fit()
     got = _final_weights(Path(cfg.output_dir))
     assert got.keys() == ref.keys()
     for k in ref:
