@@ -154,11 +154,12 @@ def train_chain(arm: str, seed: int, runs: harness.Runs, run_dir: Path, args: ar
 
 
 def _in_repository(path: Path) -> str:
-    """``path`` relative to the repository when inside it: records name no machine's absolute paths."""
+    """``path`` relative to the repository when inside it, else ``<runs-dir>/<run>`` (a ``--runs-dir`` outside
+    the work tree): records name no machine's absolute paths."""
     try:
         return str(path.resolve().relative_to(harness.ROOT))
     except ValueError:
-        return str(path)
+        return f"<runs-dir>/{path.name}"
 
 
 def run_or_read(name: str, args: argparse.Namespace, runs_of: Any

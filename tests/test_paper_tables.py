@@ -111,6 +111,7 @@ def test_table3_smoke_report_is_what_the_result_files_say(idx_dir: Path, tmp_pat
     assert set(recs) == {(a, s) for a in ("sc_init", "no_init") for s in (0, 1)}
     for (arm, _), rec in recs.items():
         runs = tmp_path / "runs" / rec["key"]
+        assert rec["run_dir"] == f"<runs-dir>/{rec['key']}"  # a runs dir outside the repository: no absolute path
         last = runs / ("finetune" if arm == "sc_init" else "supervised")
         check_test_error(rec, last)
         (read,) = reads_of_test(last)  # the test set is read once, after the last step, and never by the SC run
