@@ -148,7 +148,8 @@ def train_chain(arm: str, seed: int, runs: harness.Runs, run_dir: Path, args: ar
         # the share of one core this process got while training: < 1 on a busy machine (one torch thread)
         "cpu_share": round(cpu_s / wall_s, 3) if wall_s > 0 and not flags["continued"] else None,
         "continued_from_checkpoint": flags["continued"], "run_dir": _in_repository(run_dir),
-        "configs": {name: dict(fields) for name, fields in runs},
+        "configs": {name: {k: harness.portable(v) if k == "data" else v for k, v in fields.items()}
+                    for name, fields in runs},
     })
     return record
 
