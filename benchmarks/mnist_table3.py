@@ -182,7 +182,6 @@ def markdown_block(report: dict[str, Any]) -> str:
         *table_report.report_lines(report["errors"], report["comparisons"], report["runs"], roles=ROLES,
                                    paper=dataset.paper, figures=[Path(f) for f in report["figures"]]),
         "",
-        harness.runs_line(report["runs"]),
         *([f"Missing (not run yet): {', '.join(report['missing'])}."] if report.get("missing") else []),
         "",
         f"Code: {report['code_line']} Test-set reads: {report['test_split_line']}",

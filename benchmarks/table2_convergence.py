@@ -228,7 +228,6 @@ def markdown_block(report: dict[str, Any]) -> str:
                         "linear probe, best", "linear probe, last", "kNN probe, last", "test error %"],
                        sc_stage_rows(report["runs"])),
         "",
-        harness.runs_line(report["runs"]),
         *([f"Missing (not run yet): {', '.join(report['missing'])}."] if report.get("missing") else []),
         "",
         f"Code: {report['code_line']} Test-set reads: {report['test_split_line']}",

@@ -121,7 +121,25 @@ def report_lines(errors: Errors, comparisons: Sequence[dict[str, Any]], records:
           f"{c['verdict']}" for c in comparisons),
         "",
         *(f"![{p.stem}]({figure_link(p)})" for p in figures),
+        "",
+        "Wall time per arm and seed (start-up, every Trainer run of the chain and its evaluations; one process, one "
+        "torch thread):",
+        "",
+        markdown_table(["arm", "seed", "wall min", "share of a core", "1-min load start / end", "date"],
+                       wall_time_rows(records)),
     ]
+
+
+def wall_time_rows(records: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    """One row per record: its wall minutes (marked when resumed, as they then cover only the last part)."""
+    rows = []
+    for r in sorted(records, key=lambda r: (r["arm"], r["seed"])):
+        minutes = round(r["total_s"] / 60, 1) if r.get("total_s") else None
+        if r.get("continued_from_checkpoint"):
+            minutes = f"{minutes} (after a resume: the last part only)"
+        rows.append([r["arm"], r["seed"], minutes, r.get("cpu_share"),
+                     f"{r.get('load_start', '?')} / {r.get('load_end', '?')}", r.get("date", "?")])
+    return rows
 
 
 def code_line(records: Sequence[dict[str, Any]]) -> str:

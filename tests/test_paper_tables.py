@@ -129,6 +129,8 @@ def test_table3_smoke_report_is_what_the_result_files_say(idx_dir: Path, tmp_pat
     block = t3.markdown_block(report)
     assert "| sc_init − no_init | 0: {:+.2f}, 1: {:+.2f} |".format(*c["differences"].values()) in block
     assert "0.34 ± 0.02 %" in block and c["verdict"] in block
+    for (arm, seed), rec in recs.items():  # the wall time of each arm and seed, in minutes
+        assert f"| {arm} | {seed} | {round(rec['total_s'] / 60, 1)} | {rec['cpu_share']} |" in block
     # --report-only: the same numbers from the result files, seed 2 listed as missing, nothing trained
     files = sorted(p.name for p in (tmp_path / "res").iterdir())
     threads = torch.get_num_threads()
