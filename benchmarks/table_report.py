@@ -131,13 +131,15 @@ def report_lines(errors: Errors, comparisons: Sequence[dict[str, Any]], records:
 
 
 def wall_time_rows(records: Sequence[dict[str, Any]]) -> list[list[Any]]:
-    """One row per record: its wall minutes (marked when resumed, as they then cover only the last part)."""
+    """One row per record: its wall minutes, the sum over its Trainer runs. A run killed and resumed counts only
+    the call that finished it, so the row is marked as a lower bound; its share of a core is then unknown."""
     rows = []
     for r in sorted(records, key=lambda r: (r["arm"], r["seed"])):
-        minutes = round(r["total_s"] / 60, 1) if r.get("total_s") else None
+        minutes: Any = round(r["total_s"] / 60, 1) if r.get("total_s") else "-"
         if r.get("continued_from_checkpoint"):
-            minutes = f"{minutes} (after a resume: the last part only)"
-        rows.append([r["arm"], r["seed"], minutes, r.get("cpu_share"),
+            minutes = f"≥ {minutes} (resumed: the time before the kill is not counted)"
+        share = r.get("cpu_share")
+        rows.append([r["arm"], r["seed"], minutes, "-" if share is None else share,
                      f"{r.get('load_start', '?')} / {r.get('load_end', '?')}", r.get("date", "?")])
     return rows
 

@@ -378,3 +378,16 @@ def test_committed_table_records_name_no_absolute_path() -> None:
             target = config["data"].partition(":")[2]
             assert config["data"] == harness.FASHION_MNIST or not Path(target).is_absolute(), \
                 f"{path.name}: {name} data {config['data']!r}"
+
+
+def test_wall_time_rows_mark_a_resumed_run_as_a_lower_bound() -> None:
+    """A record finished after a kill counts only the call that finished it: its minutes are a lower bound and
+    its share of a core is unknown; an uninterrupted one shows both as measured."""
+    whole = {"arm": "a", "seed": 0, "total_s": 600.0, "cpu_share": 0.9, "continued_from_checkpoint": False,
+             "load_start": 0.1, "load_end": 2.0, "date": "d0"}
+    resumed = {"arm": "a", "seed": 1, "total_s": 90.0, "cpu_share": None, "continued_from_checkpoint": True,
+               "load_start": 1.0, "load_end": 2.0, "date": "d1"}
+    assert table_report.wall_time_rows([resumed, whole]) == [
+        ["a", 0, 10.0, 0.9, "0.1 / 2.0", "d0"],
+        ["a", 1, "≥ 1.5 (resumed: the time before the kill is not counted)", "-", "1.0 / 2.0", "d1"],
+    ]
