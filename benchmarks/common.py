@@ -355,10 +355,15 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def cell(value: Any) -> str:
+    """``value`` as report text; ``-`` where it is unknown (None), e.g. the share of a core of a resumed run."""
+    return "-" if value is None else str(value)
+
+
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A GitHub-flavoured markdown table."""
+    """A GitHub-flavoured markdown table; a None cell shows as ``-``."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 

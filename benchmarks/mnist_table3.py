@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` and `_harne
 import _harness as harness
 import table_report
 import table_runs
-from common import markdown_table, summarize
+from common import cell, markdown_table, summarize
 from table_runs import StagePlan
 
 ARMS = ("sc_init", "no_init")
@@ -193,7 +193,7 @@ def markdown_block(report: dict[str, Any]) -> str:
                         "projected min / seed", "share of a core", "min / seed on a free core"], proj_rows),
         "",
         f"All arms x {report['projection']['seeds']} seeds in one process: {report['projection']['total_hours']} h "
-        f"at these speeds, {report['projection']['total_hours_free_core']} h on a free core.",
+        f"at these speeds, {cell(report['projection']['total_hours_free_core'])} h on a free core.",
         *harness.note_lines(cfg.get("notes")),
     ])
 

@@ -72,7 +72,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` and `_harne
 import _harness as harness
 import table_report
 import table_runs
-from common import markdown_table, summarize
+from common import cell, markdown_table, summarize
 from table_runs import StagePlan
 
 from sclearn.presets import sc_preset
@@ -204,7 +204,7 @@ def markdown_block(report: dict[str, Any]) -> str:
         if cfg["max_steps"] else ""
     proj = report["projection"]
     def bounds(minutes: dict[str, float | None]) -> str:
-        return ", ".join(f"{b} {m}" for b, m in minutes.items())
+        return ", ".join(f"{b} {cell(m)}" for b, m in minutes.items())
 
     proj_rows = [[arm, stage, c["img_per_s"], c["s_per_step"], c["eval_s"],
                   *((bounds(a["minutes_per_seed"]), a["cpu_share"], bounds(a["minutes_per_seed_free_core"]))

@@ -153,6 +153,13 @@ def test_publish_prints_the_report_and_writes_a_smoke_block_under_its_own_key(mo
 common = importlib.import_module("common")
 
 
+def test_markdown_table_shows_an_unknown_value_as_a_dash_not_none() -> None:
+    # a resumed run has no share of a core; the report must not print Python's "None"
+    assert common.markdown_table(["arm", "share"], [["sc_init", None], ["no_init", 0.983]]) == (
+        "| arm | share |\n|---|---|\n| sc_init | - |\n| no_init | 0.983 |")
+    assert common.cell(None) == "-" and common.cell(0) == "0" and common.cell("") == ""
+
+
 def test_training_step_is_one_optimizer_step_on_the_loss() -> None:
     torch.manual_seed(0)
     net, x = torch.nn.Linear(3, 2), torch.randn(5, 3)
