@@ -294,8 +294,9 @@ def loop_timing(run_dir: Path, fields: dict[str, Any]) -> dict[str, dict[str, An
 
     Each window logs ``img_per_s`` over the steps since the previous log line: loading, forward, backward,
     optimizer step, and whatever epoch-end work (checkpoint, evaluation) ran since that line. Set-up, the
-    evaluation after the last step, and the export are in no window. (When the Trainer writes each stage's loop
-    seconds into summary.json, read them from there instead.)
+    evaluation after the last step, and the export are in no window. The seconds are steps x batch / img/s, so a
+    stage whose epochs end on a short batch is overstated by its missing images: prefer the Trainer's own
+    ``train_loop_s`` in summary.json where it exists (``table_runs.stage_records`` does).
     """
     seconds: dict[str, float] = {}
     steps: dict[str, int] = {}

@@ -93,14 +93,18 @@ def stage_records(summary: dict[str, Any], run_dir: Path, fields: dict[str, Any]
     for stage, res in (summary.get("stages") or {}).items():
         loop = loops.get(stage, {"loop_s": 0.0, "s_per_step": None})
         per_step, images = loop["s_per_step"], harness.images_per_step(fields, stage)
+        loop_s, source = loop["loop_s"], "windows"
+        if res.get("train_loop_s") and res.get("steps"):  # the Trainer's own clock over its real batches
+            loop_s, source = round(res["train_loop_s"], 2), "trainer"
+            per_step = round(loop_s / res["steps"], 4)
         evals = evaluations(res.get("epochs") or 1, fields.get("eval_every", 1))
         wall = res.get("wall_time_s", 0.0)
         out[stage] = {
-            "steps": res.get("steps"), "epochs": res.get("epochs"), "wall_s": wall, "loop_s": loop["loop_s"],
-            "s_per_step": per_step, "images_per_step": images,
+            "steps": res.get("steps"), "epochs": res.get("epochs"), "wall_s": wall, "loop_s": loop_s,
+            "loop_source": source, "s_per_step": per_step, "images_per_step": images,
             "img_per_s": round(images / per_step, 1) if per_step else None, "evaluations": evals,
             # the stage's time outside the log windows: its epoch-end evaluations (and checkpoints), per evaluation
-            "eval_s": round((wall - loop["loop_s"]) / evals, 2)
+            "eval_s": round((wall - loop_s) / evals, 2)
             if per_step and not summary.get("continued") else None,
             **{k: res[k] for k in ("stop_reason", "stopped_early", "best_epoch", "best_epoch_loss") if k in res},
             **{k: v for k, v in res.items() if k.endswith(("acc", "top1"))},
@@ -203,18 +207,40 @@ def _median(values: Sequence[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def window_overcount(stage: str, timing: Mapping[str, Any], num_labeled: int | None) -> float:
+    """How much a record's ``loop_s`` from the log windows (``loop_source`` "windows", or none: the records
+    before the Trainer's own ``train_loop_s`` was read) overstates the loop: >= 1, 1.0 when exact.
+
+    The windows' seconds were taken as steps x batch / img/s, but a CE epoch of ``num_labeled`` rows ends on a
+    short batch (4,000 rows at batch 128: 31 x 128 + 32), so its steps held fewer images than steps x batch. SC
+    epochs drop the short batch, and a record whose loop seconds came from the Trainer needs no correction.
+    """
+    if timing.get("loop_source") == "trainer" or stage == "pretrain" or not num_labeled:
+        return 1.0
+    counted = timing["steps"] * timing["images_per_step"]
+    return max(1.0, counted / (num_labeled * timing["epochs"]))
+
+
 def stage_costs(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     """Median seconds per step, img/s and seconds per evaluation of each stage over ``records`` (one arm's runs
-    measured from scratch; reused or resumed runs have no timing of their own)."""
+    measured from scratch; reused or resumed runs have no timing of their own). Loop seconds counted from the
+    log windows are first corrected for short last batches (:func:`window_overcount`)."""
     stages = dict.fromkeys(s for r in records for s in r["stages"])
     out = {}
     for stage in stages:
-        done = [r["stages"][stage] for r in records if stage in r["stages"]]
-        per_step = _median([s["s_per_step"] for s in done if s.get("s_per_step")])
-        eval_s = _median([s["eval_s"] for s in done if s.get("eval_s") is not None])
-        out[stage] = {"s_per_step": round(per_step, 4) if per_step else None,
-                      "img_per_s": round(done[0]["images_per_step"] / per_step, 1) if per_step else None,
-                      "eval_s": round(eval_s, 1) if eval_s is not None else None}
+        per_step, img_per_s, eval_s = [], [], []
+        for r in records:
+            s = r["stages"].get(stage)
+            if not s or not s.get("s_per_step"):
+                continue
+            over = window_overcount(stage, s, r.get("num_labeled"))
+            per_step.append(s["s_per_step"] / over)  # real seconds per step
+            img_per_s.append(s["images_per_step"] / s["s_per_step"])  # the overcount cancels: images / seconds
+            if s.get("eval_s") is not None:  # (wall - loop) / evaluations, with the loop's overcount moved back
+                eval_s.append(s["eval_s"] + (s["loop_s"] * (1 - 1 / over) / s["evaluations"] if over > 1 else 0.0))
+        medians = {"s_per_step": (_median(per_step), 4), "img_per_s": (_median(img_per_s), 1),
+                   "eval_s": (_median(eval_s), 1)}
+        out[stage] = {k: round(v, digits) if v is not None else None for k, (v, digits) in medians.items()}
     return out
 
 

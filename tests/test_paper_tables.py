@@ -313,6 +313,34 @@ def test_projection_arithmetic_by_hand() -> None:
     assert table_runs.project_minutes(costs, {"finetune": plan["pretrain"]}) is None
 
 
+def test_short_last_batch_overcount_is_taken_out_of_old_window_timings() -> None:
+    # The 4,000-label sup seed-0 record as written from the log windows: 100 epochs of 32 steps, the last of each
+    # epoch 32 images, not 128, so steps x batch = 409,600 images against 400,000 trained: 2.4% too many seconds.
+    window = {"steps": 3200, "epochs": 100, "images_per_step": 128, "wall_s": 1035.46, "loop_s": 1049.06,
+              "s_per_step": 0.3278, "evaluations": 1, "eval_s": -13.6}
+    assert table_runs.window_overcount("supervised", window, 4000) == pytest.approx(409600 / 400000)
+    assert table_runs.window_overcount("pretrain", window, 4000) == 1.0  # SC drops the short batch
+    assert table_runs.window_overcount("supervised", {**window, "loop_source": "trainer"}, 4000) == 1.0
+    costs = table_runs.stage_costs([{"num_labeled": 4000, "stages": {"supervised": window}}])["supervised"]
+    # by hand: loop 1049.06 / 1.024 = 1024.47 s (the Trainer's own clock said 1024.39), so the one evaluation
+    # took 1035.46 - 1024.47 = 11.0 s; per step 0.3278 / 1.024; img/s is images over seconds, 128 / 0.3278
+    assert costs == {"s_per_step": 0.3201, "img_per_s": 390.5, "eval_s": 11.0}
+    even = {**window, "steps": 3100, "loop_s": 1000.0, "eval_s": 3.0}  # 3,968 rows: 31 full batches, exact
+    assert table_runs.stage_costs([{"num_labeled": 3968, "stages": {"finetune": even}}])["finetune"]["eval_s"] == 3.0
+
+
+def test_stage_records_take_the_trainers_loop_seconds(tmp_path: Path) -> None:
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 64, "stage": "supervised", "img_per_s": 100.0}))
+    summary = {"stages": {"supervised": {"steps": 64, "epochs": 2, "wall_time_s": 100.0, "train_loop_s": 80.0}}}
+    fields = {"batch_size": 128, "mode": "supervised", "eval_every": 1}
+    rec = table_runs.stage_records(summary, tmp_path, fields)["supervised"]
+    # windows would say 64 x 128 / 100 = 81.92 s; the Trainer's 80 s leave 20 s for 2 evaluations
+    assert (rec["loop_s"], rec["loop_source"], rec["s_per_step"], rec["eval_s"]) == (80.0, "trainer", 1.25, 10.0)
+    del summary["stages"]["supervised"]["train_loop_s"]
+    rec = table_runs.stage_records(summary, tmp_path, fields)["supervised"]
+    assert (rec["loop_s"], rec["loop_source"], rec["eval_s"]) == (81.92, "windows", 9.04)
+
+
 def test_code_version_digest_follows_the_library_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "sclearn" / "sub").mkdir(parents=True)
     (tmp_path / "sclearn" / "a.py").write_text("x = 1\n")
