@@ -99,10 +99,12 @@ def stage_records(summary: dict[str, Any], run_dir: Path, fields: dict[str, Any]
             per_step = round(loop_s / res["steps"], 4)
         evals = evaluations(res.get("epochs") or 1, fields.get("eval_every", 1))
         wall = res.get("wall_time_s", 0.0)
+        timing = {"steps": res.get("steps"), "epochs": res.get("epochs"), "wall_s": wall, "loop_s": loop_s,
+                  "loop_source": source, "s_per_step": per_step, "images_per_step": images}
         out[stage] = {
-            "steps": res.get("steps"), "epochs": res.get("epochs"), "wall_s": wall, "loop_s": loop_s,
-            "loop_source": source, "s_per_step": per_step, "images_per_step": images,
-            "img_per_s": round(images / per_step, 1) if per_step else None, "evaluations": evals,
+            **timing,
+            "img_per_s": round(loop_img_per_s(stage, timing, summary.get("num_labeled")), 1) if per_step else None,
+            "evaluations": evals,
             # the stage's time outside the log windows: its epoch-end evaluations (and checkpoints), per evaluation
             "eval_s": round((wall - loop_s) / evals, 2)
             if per_step and not summary.get("continued") else None,
@@ -207,18 +209,36 @@ def _median(values: Sequence[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def short_batch_factor(stage: str, timing: Mapping[str, Any], num_labeled: int | None) -> float:
+    """steps x batch over the images a stage's steps really held: >= 1, 1.0 when every batch was full.
+
+    A CE epoch of ``num_labeled`` rows ends on a short batch (4,000 rows at batch 128: 31 x 128 + 32); SC epochs
+    drop the short batch.
+    """
+    if stage == "pretrain" or not num_labeled or not timing.get("epochs"):
+        return 1.0
+    counted = timing["steps"] * timing["images_per_step"]
+    return max(1.0, counted / (num_labeled * timing["epochs"]))
+
+
 def window_overcount(stage: str, timing: Mapping[str, Any], num_labeled: int | None) -> float:
     """How much a record's ``loop_s`` from the log windows (``loop_source`` "windows", or none: the records
     before the Trainer's own ``train_loop_s`` was read) overstates the loop: >= 1, 1.0 when exact.
 
-    The windows' seconds were taken as steps x batch / img/s, but a CE epoch of ``num_labeled`` rows ends on a
-    short batch (4,000 rows at batch 128: 31 x 128 + 32), so its steps held fewer images than steps x batch. SC
-    epochs drop the short batch, and a record whose loop seconds came from the Trainer needs no correction.
+    The windows' seconds were taken as steps x batch / img/s, so they overstate the loop by the
+    :func:`short_batch_factor`. A record whose loop seconds came from the Trainer needs no correction.
     """
-    if timing.get("loop_source") == "trainer" or stage == "pretrain" or not num_labeled:
-        return 1.0
-    counted = timing["steps"] * timing["images_per_step"]
-    return max(1.0, counted / (num_labeled * timing["epochs"]))
+    return 1.0 if timing.get("loop_source") == "trainer" else short_batch_factor(stage, timing, num_labeled)
+
+
+def loop_img_per_s(stage: str, timing: Mapping[str, Any], num_labeled: int | None) -> float:
+    """Images per second of a stage's training loop: the images its steps held over the loop's real seconds.
+
+    steps x batch / loop_s is exact for window-timed seconds (both overstate by the same factor). The Trainer's
+    own seconds are real, so its nominal images are first scaled down to the images the steps held.
+    """
+    rate = timing["images_per_step"] / timing["s_per_step"]
+    return rate / short_batch_factor(stage, timing, num_labeled) if timing.get("loop_source") == "trainer" else rate
 
 
 def stage_costs(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
@@ -235,7 +255,7 @@ def stage_costs(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, float 
                 continue
             over = window_overcount(stage, s, r.get("num_labeled"))
             per_step.append(s["s_per_step"] / over)  # real seconds per step
-            img_per_s.append(s["images_per_step"] / s["s_per_step"])  # the overcount cancels: images / seconds
+            img_per_s.append(loop_img_per_s(stage, s, r.get("num_labeled")))
             if s.get("eval_s") is not None:  # (wall - loop) / evaluations, with the loop's overcount moved back
                 eval_s.append(s["eval_s"] + (s["loop_s"] * (1 - 1 / over) / s["evaluations"] if over > 1 else 0.0))
         medians = {"s_per_step": (_median(per_step), 4), "img_per_s": (_median(img_per_s), 1),

@@ -341,6 +341,21 @@ def test_stage_records_take_the_trainers_loop_seconds(tmp_path: Path) -> None:
     assert (rec["loop_s"], rec["loop_source"], rec["eval_s"]) == (81.92, "windows", 9.04)
 
 
+def test_trainer_timed_img_per_s_counts_the_images_the_steps_held(tmp_path: Path) -> None:
+    # 4,000 labels, 100 epochs at batch 128: 3,200 steps held 400,000 images (not 409,600); the Trainer's clock
+    # says 1,000 s of loop, so 400.0 img/s by hand (nominal batch over s per step would say 409.6)
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 3200, "stage": "supervised", "img_per_s": 400.0}))
+    summary = {"num_labeled": 4000, "stages": {"supervised": {"steps": 3200, "epochs": 100, "wall_time_s": 1010.0,
+                                                              "train_loop_s": 1000.0}}}
+    fields = {"batch_size": 128, "mode": "supervised", "eval_every": harness.BIG}
+    rec = table_runs.stage_records(summary, tmp_path, fields)["supervised"]
+    assert (rec["s_per_step"], rec["img_per_s"], rec["eval_s"]) == (0.3125, 400.0, 10.0)
+    costs = table_runs.stage_costs([{"num_labeled": 4000, "stages": {"supervised": rec}}])["supervised"]
+    assert costs == {"s_per_step": 0.3125, "img_per_s": 400.0, "eval_s": 10.0}
+    pretrain = {**rec, "steps": 468, "epochs": 1}  # SC drops the short batch: nominal images are the real ones
+    assert table_runs.loop_img_per_s("pretrain", pretrain, 4000) == pytest.approx(128 / 0.3125)
+
+
 def test_code_version_digest_follows_the_library_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "sclearn" / "sub").mkdir(parents=True)
     (tmp_path / "sclearn" / "a.py").write_text("x = 1\n")
