@@ -43,7 +43,6 @@ import contextlib
 import copy
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -66,6 +65,7 @@ from sclearn import TrainConfig, Trainer
 from sclearn import data as sc_data
 from sclearn.backbones import load_backbone_weights
 from sclearn.evaluation import probe_representation
+from sclearn.rundir import clear_run
 
 RESULTS_DIR = harness.ROOT / "benchmarks" / "ablation_results"
 VARIANTS: dict[str, Any] = json.loads((harness.ROOT / "benchmarks" / "ablation_variants.json").read_text())
@@ -109,14 +109,18 @@ def train_fields(arm: str, p: dict[str, Any], *, lpc: int, seed: int, steps: int
 
 @contextlib.contextmanager
 def scratch_trainer(spec: dict[str, Any]) -> Iterator[Trainer]:
-    """A Trainer of the spec's fields in its scratch run dir, 1 torch thread; the dir is removed after."""
+    """A Trainer of the spec's fields in its scratch run dir, 1 torch thread; the run is deleted after.
+
+    Only an earlier sclearn run there is deleted, before and after (``clear_run``): a dir holding anything else
+    raises, so a ``--work-dir`` of the user's own files is never emptied.
+    """
     torch.set_num_threads(1)
-    shutil.rmtree(spec["run_dir"], ignore_errors=True)
+    clear_run(spec["run_dir"])  # a scratch run left by a killed earlier call
     try:
         with contextlib.redirect_stdout(sys.stderr):  # stdout is the JSON report's
             yield Trainer(TrainConfig(**spec["fields"], output_dir=spec["run_dir"]))
     finally:
-        shutil.rmtree(spec["run_dir"], ignore_errors=True)
+        clear_run(spec["run_dir"])  # the empty dir and its lock file stay (the default work dir goes at the end)
 
 
 def _last_train_record(metrics: Path) -> dict[str, Any]:
@@ -502,7 +506,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="final/probe: a JSON dict of SC params (keys as sc_start) instead of the search's choice")
     ap.add_argument("--jobs", type=int, default=2, help="training processes at once, 1 torch thread each (default 2)")
     ap.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where raw JSON per run goes")
-    ap.add_argument("--work-dir", default="/tmp/sc_ablation_runs", help="scratch run directories (deleted after)")
+    ap.add_argument("--work-dir", default=None,
+                    help="where the scratch run dirs go; each run's files are deleted after it (default: a new "
+                         "temporary directory, removed at the end)")
     ap.add_argument("--force", action="store_true", help="redo runs whose JSON already exists")
     ap.add_argument("--notes", default=None, help="a markdown file appended to the RESULTS.md section")
     ap.add_argument("--commands", nargs="*", default=[],
@@ -532,6 +538,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the spawned workers
     t0 = time.time()
     with contextlib.ExitStack() as stack:
+        if args.work_dir is None:
+            args.work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="sc_ablation_runs_"))
         if args.smoke:
             args.results_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sc_ablation_smoke_")))
             run_smoke(args)

@@ -26,8 +26,8 @@ def test_config_hash_covers_what_changes_the_computation_and_nothing_else() -> N
     key = harness.config_hash([run])
     assert len(key) == 8 and int(key, 16) >= 0
     assert harness.config_hash([dict(reversed(run.items()))]) == key  # field order is irrelevant
-    plumbing = {"output_dir": "/tmp/a", "resume": True, "num_workers": 4, "log_every": 5, "report_to": "none",
-                "checkpoint_every": 10, "keep_checkpoints": 1, "progress": False, "init_from": "/tmp/pre"}
+    plumbing = {"output_dir": "runs/a", "resume": True, "num_workers": 4, "log_every": 5, "report_to": "none",
+                "checkpoint_every": 10, "keep_checkpoints": 1, "progress": False, "init_from": "runs/pre"}
     assert harness.config_hash([{**run, **plumbing}]) == key
     for field, value in [("lr", 0.01), ("seed", 1), ("mode", "joint"), ("data", "idx:/data/y")]:
         assert harness.config_hash([{**run, field: value}]) != key, field
@@ -116,6 +116,18 @@ def test_every_variant_of_the_variants_file_is_a_valid_run() -> None:
             fields = ab.train_fields(v.get("arm", "sc"), {**base, **v["set"]}, lpc=10, seed=0, steps=600,
                                      data="idx:x", val_per_class=100, eval_test=False)
             harness.TrainConfig(**fields)  # raises on a bad field or value
+
+
+def test_sc_ablation_scratch_runs_never_delete_files_sclearn_did_not_write(tmp_path: Path) -> None:
+    ab = load_script("sc_ablation.py")
+    run_dir = tmp_path / "mine"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text('{"my": "own config"}')  # a run file name, not written by sclearn
+    spec = {"fields": {"mode": "supervised"}, "run_dir": str(run_dir)}
+    with pytest.raises(ValueError, match="no sclearn run"), ab.scratch_trainer(spec):
+        pytest.fail("the Trainer must not start over the user's files")
+    assert (run_dir / "config.json").read_text() == '{"my": "own config"}'
+    assert ab.parse_args(["--stage", "final"]).work_dir is None  # default: a temporary dir of its own
 
 
 # -- timing from the trainer's log ---------------------------------------------------------------------------

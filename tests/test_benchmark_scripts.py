@@ -134,6 +134,7 @@ def test_sc_ablation_smoke(idx_dir: Path, tmp_path: Path) -> None:
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
     )
     assert proc.returncode == 0, f"sc_ablation.py exited {proc.returncode}\nstderr:\n{proc.stderr[-4000:]}"
+    assert not list((tmp_path / "runs").rglob("metrics.jsonl"))  # every scratch run was deleted after
     summary = json.loads(proc.stdout)
     names = {r["name"] for r in summary["search"]}
     assert names == {"r0_sup_paper", "r0_sc_paper", "r4_ft_freeze01", "r4_sup_freeze01"}
