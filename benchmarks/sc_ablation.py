@@ -39,10 +39,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import copy
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -195,6 +197,15 @@ def _run_all(specs: list[dict[str, Any]], jobs: int) -> list[dict[str, Any]]:
 
 
 # -- specs, selection ------------------------------------------------------------------------------------
+def work_dir(args: argparse.Namespace) -> Path:
+    """Where the scratch run dirs go: ``--work-dir``, or a new temporary directory of this process, made on first
+    use and removed (it holds only what this process made) when the process exits."""
+    if args.work_dir is None:
+        args.work_dir = tempfile.mkdtemp(prefix="sc_ablation_runs_")
+        atexit.register(shutil.rmtree, args.work_dir, ignore_errors=True)
+    return Path(args.work_dir)
+
+
 def _spec(args, stage: str, name: str, arm: str, params: dict[str, Any], lpc: int, seed: int,
           eval_test: bool) -> dict[str, Any]:
     tag = f"{name}__lpc{lpc}_seed{seed}_steps{args.steps}"
@@ -202,7 +213,7 @@ def _spec(args, stage: str, name: str, arm: str, params: dict[str, Any], lpc: in
                           val_per_class=args.val_per_class, eval_test=eval_test)
     return {"stage": stage, "name": name, "arm": arm, "params": params, "lpc": lpc, "seed": seed,
             "steps": args.steps, "fields": fields, "key": harness.ResultCache.key(tag, [fields]),
-            "results_dir": str(args.results_dir / stage), "run_dir": str(Path(args.work_dir) / stage / tag),
+            "results_dir": str(args.results_dir / stage), "run_dir": str(work_dir(args) / stage / tag),
             "force": args.force}
 
 
@@ -212,7 +223,7 @@ def _probe_spec(args, name: str, params: dict[str, Any], seed: int) -> dict[str,
                           data=args.data, val_per_class=0, eval_test=False)
     return {"stage": "probe", "name": tag, "params": params, "lpcs": lpcs, "seed": seed, "steps": steps,
             "fields": fields, "key": harness.ResultCache.key(tag, [fields, {"probe_labels_per_class": lpcs}]),
-            "results_dir": str(args.results_dir / "probe"), "run_dir": str(Path(args.work_dir) / "probe" / tag),
+            "results_dir": str(args.results_dir / "probe"), "run_dir": str(work_dir(args) / "probe" / tag),
             "force": args.force}
 
 
@@ -538,8 +549,6 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the spawned workers
     t0 = time.time()
     with contextlib.ExitStack() as stack:
-        if args.work_dir is None:
-            args.work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="sc_ablation_runs_"))
         if args.smoke:
             args.results_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sc_ablation_smoke_")))
             run_smoke(args)

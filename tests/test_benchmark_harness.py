@@ -127,7 +127,9 @@ def test_sc_ablation_scratch_runs_never_delete_files_sclearn_did_not_write(tmp_p
     with pytest.raises(ValueError, match="no sclearn run"), ab.scratch_trainer(spec):
         pytest.fail("the Trainer must not start over the user's files")
     assert (run_dir / "config.json").read_text() == '{"my": "own config"}'
-    assert ab.parse_args(["--stage", "final"]).work_dir is None  # default: a temporary dir of its own
+    args = ab.parse_args(["--stage", "final"])
+    assert args.work_dir is None and ab.work_dir(args) == ab.work_dir(args)  # default: one temporary dir of its own
+    assert ab.work_dir(args).is_dir() and ab.work_dir(args).name.startswith("sc_ablation_runs_")
 
 
 # -- timing from the trainer's log ---------------------------------------------------------------------------
