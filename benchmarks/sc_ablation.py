@@ -113,16 +113,17 @@ def train_fields(arm: str, p: dict[str, Any], *, lpc: int, seed: int, steps: int
 def scratch_trainer(spec: dict[str, Any]) -> Iterator[Trainer]:
     """A Trainer of the spec's fields in its scratch run dir, 1 torch thread; the run is deleted after.
 
-    Only an earlier sclearn run there is deleted, before and after (``clear_run``): a dir holding anything else
-    raises, so a ``--work-dir`` of the user's own files is never emptied.
+    ``overwrite``: an earlier sclearn run there (left by a killed call) is deleted under the run dir's lock, so a
+    run another process holds is never touched, and a dir with run files sclearn did not write raises. Only the
+    run this Trainer locked is cleared after (``clear_run``: sclearn's own files, nothing else).
     """
     torch.set_num_threads(1)
-    clear_run(spec["run_dir"])  # a scratch run left by a killed earlier call
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # stdout is the JSON report's
-            yield Trainer(TrainConfig(**spec["fields"], output_dir=spec["run_dir"]))
-    finally:
-        clear_run(spec["run_dir"])  # the empty dir and its lock file stay (the default work dir goes at the end)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout is the JSON report's
+        trainer = Trainer(TrainConfig(**spec["fields"], output_dir=spec["run_dir"], overwrite=True))
+        try:
+            yield trainer
+        finally:
+            clear_run(spec["run_dir"])  # the empty dir and its lock file stay (the default work dir goes at exit)
 
 
 def _last_train_record(metrics: Path) -> dict[str, Any]:

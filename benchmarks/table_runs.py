@@ -100,7 +100,8 @@ def stage_records(summary: dict[str, Any], run_dir: Path, fields: dict[str, Any]
         evals = evaluations(res.get("epochs") or 1, fields.get("eval_every", 1))
         wall = res.get("wall_time_s", 0.0)
         timing = {"steps": res.get("steps"), "epochs": res.get("epochs"), "wall_s": wall, "loop_s": loop_s,
-                  "loop_source": source, "s_per_step": per_step, "images_per_step": images}
+                  "loop_source": source, "s_per_step": per_step, "images_per_step": images,
+                  "labeled_drop_last": bool(fields.get("labeled_drop_last"))}
         out[stage] = {
             **timing,
             "img_per_s": round(loop_img_per_s(stage, timing, summary.get("num_labeled")), 1) if per_step else None,
@@ -209,16 +210,26 @@ def _median(values: Sequence[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def short_batch_factor(stage: str, timing: Mapping[str, Any], num_labeled: int | None) -> float:
-    """steps x batch over the images a stage's steps really held: >= 1, 1.0 when every batch was full.
+CE_STAGES = ("supervised", "finetune")  # labelled batches only; SC and joint batches are always full
 
-    A CE epoch of ``num_labeled`` rows ends on a short batch (4,000 rows at batch 128: 31 x 128 + 32); SC epochs
-    drop the short batch.
-    """
-    if stage == "pretrain" or not num_labeled or not timing.get("epochs"):
+
+def images_held(stage: str, steps: int, batch: int, num_labeled: int | None, drop_last: bool = False) -> int:
+    """The images ``steps`` steps of ``batch`` really held: a CE epoch of ``num_labeled`` rows ends on a short
+    batch (4,000 rows at batch 128: 31 x 128 + 32) unless ``drop_last``; SC and joint epochs drop it. Counted from
+    the steps alone, so a stage cut short mid-epoch (``max_steps``) is counted right too."""
+    if stage not in CE_STAGES or drop_last or not num_labeled:
+        return steps * batch
+    per_epoch = -(-num_labeled // batch)  # steps per epoch, the short one included
+    return (steps // per_epoch) * num_labeled + (steps % per_epoch) * batch
+
+
+def short_batch_factor(stage: str, timing: Mapping[str, Any], num_labeled: int | None) -> float:
+    """steps x batch over the images a stage's steps really held (:func:`images_held`): >= 1, 1.0 when every
+    batch was full."""
+    steps, batch = timing.get("steps"), timing["images_per_step"]
+    if not steps:  # a record without its step count: nothing to correct by
         return 1.0
-    counted = timing["steps"] * timing["images_per_step"]
-    return max(1.0, counted / (num_labeled * timing["epochs"]))
+    return steps * batch / images_held(stage, steps, batch, num_labeled, bool(timing.get("labeled_drop_last")))
 
 
 def window_overcount(stage: str, timing: Mapping[str, Any], num_labeled: int | None) -> float:

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sclearn.rundir import RunDirLock, RunDirLockedError
 from tests.test_benchmark_scripts import BENCH, ROOT, load_script
 
 load_script("common.py")  # puts benchmarks/ on sys.path, where the scripts find `_harness`
@@ -127,6 +128,16 @@ def test_sc_ablation_scratch_runs_never_delete_files_sclearn_did_not_write(tmp_p
     with pytest.raises(ValueError, match="no sclearn run"), ab.scratch_trainer(spec):
         pytest.fail("the Trainer must not start over the user's files")
     assert (run_dir / "config.json").read_text() == '{"my": "own config"}'
+    live = tmp_path / "live"  # a scratch run dir another process is writing: locked, left alone
+    live.mkdir()
+    (live / "metrics.jsonl").write_text("{}\n")
+    lock = RunDirLock(live).acquire()
+    try:
+        with pytest.raises(RunDirLockedError), ab.scratch_trainer({**spec, "run_dir": str(live)}):
+            pytest.fail("the Trainer must not start in a locked run dir")
+    finally:
+        lock.release()
+    assert (live / "metrics.jsonl").read_text() == "{}\n"
     args = ab.parse_args(["--stage", "final"])
     assert args.work_dir is None and ab.work_dir(args) == ab.work_dir(args)  # default: one temporary dir of its own
     assert ab.work_dir(args).is_dir() and ab.work_dir(args).name.startswith("sc_ablation_runs_")

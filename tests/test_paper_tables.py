@@ -354,6 +354,20 @@ def test_trainer_timed_img_per_s_counts_the_images_the_steps_held(tmp_path: Path
     assert costs == {"s_per_step": 0.3125, "img_per_s": 400.0, "eval_s": 10.0}
     pretrain = {**rec, "steps": 468, "epochs": 1}  # SC drops the short batch: nominal images are the real ones
     assert table_runs.loop_img_per_s("pretrain", pretrain, 4000) == pytest.approx(128 / 0.3125)
+    joint = {**rec, "images_per_step": 384}  # 128 labelled + 256 unlabelled, every joint batch full
+    assert table_runs.loop_img_per_s("joint", joint, 4000) == pytest.approx(384 / 0.3125)
+    assert table_runs.loop_img_per_s("supervised", {**rec, "labeled_drop_last": True}, 4000) == pytest.approx(409.6)
+
+
+def test_images_held_counts_short_batches_from_the_steps() -> None:
+    # 4,000 rows at batch 128: 32 steps per epoch, the last of 32 images
+    assert table_runs.images_held("finetune", 3200, 128, 4000) == 400_000  # 100 whole epochs
+    assert table_runs.images_held("finetune", 100, 128, 4000) == 3 * 4000 + 4 * 128  # capped mid-epoch: 12,512
+    assert table_runs.images_held("finetune", 96, 128, 4000, drop_last=True) == 96 * 128
+    assert table_runs.images_held("pretrain", 100, 128, 4000) == table_runs.images_held("joint", 100, 128, 4000)
+    assert table_runs.images_held("joint", 100, 128, 4000) == 12_800
+    capped = {"steps": 100, "epochs": 4, "images_per_step": 128}  # the Trainer counts the partial 4th epoch
+    assert table_runs.window_overcount("finetune", capped, 4000) == pytest.approx(12_800 / 12_512)
 
 
 def test_code_version_digest_follows_the_library_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
