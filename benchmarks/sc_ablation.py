@@ -561,7 +561,9 @@ def main(argv: list[str] | None = None) -> None:
             run_final(args)
         elif args.stage == "probe":
             run_probe(args)
-        report = {**harness.report_header("sc_ablation", args), **summarize_results(args)}
+        scratch = {"work_dir"}  # where the deleted scratch runs were: no part of the results
+        config = {k: v for k, v in vars(args).items() if k not in scratch}
+        report = {**harness.report_header("sc_ablation", args, config), **summarize_results(args)}
     report["elapsed_s"] = round(time.time() - t0, 1)
     harness.publish(report, args, "sc-ablation-issue8", markdown_block)
 

@@ -136,6 +136,7 @@ def test_sc_ablation_smoke(idx_dir: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, f"sc_ablation.py exited {proc.returncode}\nstderr:\n{proc.stderr[-4000:]}"
     assert not list((tmp_path / "runs").rglob("metrics.jsonl"))  # every scratch run was deleted after
     summary = json.loads(proc.stdout)
+    assert "work_dir" not in summary["config"] and summary["config"]["smoke"]  # no scratch path in the results
     names = {r["name"] for r in summary["search"]}
     assert names == {"r0_sup_paper", "r0_sc_paper", "r4_ft_freeze01", "r4_sup_freeze01"}
     assert all(0.0 <= r["val_acc"] <= 1.0 for r in summary["search"])
