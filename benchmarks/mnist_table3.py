@@ -151,13 +151,11 @@ def projection(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[
     for arm in args.arms:
         runs = [r for r in results if r["arm"] == arm]
         if runs:
-            costs, share = table_runs.stage_costs(runs), table_runs.cpu_share(runs)
-            minutes = table_runs.project_minutes(costs, plan(arm, args, n_train))
-            per_arm[arm] = {"stages": costs, "plan": {s: vars(p) for s, p in plan(arm, args, n_train).items()},
-                            "minutes_per_seed": minutes, "cpu_share": share,
-                            "minutes_per_seed_free_core": table_runs.free_core_minutes(minutes, share)}
-    total = [a["minutes_per_seed"] for a in per_arm.values()]
-    free = [a["minutes_per_seed_free_core"] for a in per_arm.values()]
+            arm_plan = plan(arm, args, n_train)
+            per_arm[arm] = {**table_runs.arm_projection(runs, {"all": arm_plan}),
+                            "plan": {s: vars(p) for s, p in arm_plan.items()}}
+    total = [a["minutes_per_seed"]["all"] for a in per_arm.values()]
+    free = [a["minutes_per_seed_free_core"]["all"] for a in per_arm.values()]
     return {"per_arm": per_arm, "n_train": n_train, "seeds": args.project_seeds,
             "total_hours": round(sum(total) * args.project_seeds / 60, 1) if None not in total else None,
             "total_hours_free_core": round(sum(free) * args.project_seeds / 60, 1) if None not in free else None,
@@ -169,7 +167,7 @@ def markdown_block(report: dict[str, Any]) -> str:
     capped = f", capped at {cfg['max_steps']} steps per stage (timing run: errors not comparable)" \
         if cfg["max_steps"] else ""
     proj_rows = [[arm, stage, c["img_per_s"], c["s_per_step"], c["eval_s"], a["plan"][stage]["epochs"],
-                  *((a["minutes_per_seed"], a["cpu_share"], a["minutes_per_seed_free_core"])
+                  *((a["minutes_per_seed"]["all"], a["cpu_share"], a["minutes_per_seed_free_core"]["all"])
                     if stage == next(iter(a["stages"])) else ("", "", ""))]
                  for arm, a in report["projection"]["per_arm"].items() for stage, c in a["stages"].items()]
     return harness.results_block(report, f"{dataset.title} Table 3: SC initialisation vs none", [

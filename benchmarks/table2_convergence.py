@@ -159,12 +159,8 @@ def projection(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[
     for arm in args.arms:
         runs = [r for r in results if r["arm"] == arm]
         if runs:
-            costs, share = table_runs.stage_costs(runs), table_runs.cpu_share(runs)
-            minutes = {b: table_runs.project_minutes(costs, p) for b, p in plans(arm, args, n_labeled,
-                                                                                 n_unlabeled).items()}
-            per_arm[arm] = {"stages": costs, "minutes_per_seed": minutes, "cpu_share": share,
-                            "minutes_per_seed_free_core": {b: table_runs.free_core_minutes(m, share)
-                                                           for b, m in minutes.items()}}
+            per_arm[arm] = table_runs.arm_projection(runs, plans(arm, args, n_labeled, n_unlabeled))
+
     def total_hours(key: str, bound: str) -> float | None:  # every arm x --project-seeds, one process
         minutes = [a[key].get(bound, a[key].get("all")) for a in per_arm.values()]
         return round(sum(minutes) * args.project_seeds / 60, 1) if minutes and None not in minutes else None

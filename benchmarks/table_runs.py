@@ -297,6 +297,16 @@ def project_minutes(costs: Mapping[str, Mapping[str, float | None]], plan: Mappi
     return round(seconds / 60, 1)
 
 
+def arm_projection(runs: Sequence[dict[str, Any]], plans: Mapping[str, Mapping[str, StagePlan]]) -> dict[str, Any]:
+    """One arm's measured costs (:func:`stage_costs`, :func:`cpu_share` over its ``runs``) and its minutes per seed
+    under each named plan (``{"all": plan}``, or ``{"min": ..., "cap": ...}`` for a stage of open length), as
+    measured and on a core of its own."""
+    costs, share = stage_costs(runs), cpu_share(runs)
+    minutes = {name: project_minutes(costs, plan) for name, plan in plans.items()}
+    return {"stages": costs, "cpu_share": share, "minutes_per_seed": minutes,
+            "minutes_per_seed_free_core": {name: free_core_minutes(m, share) for name, m in minutes.items()}}
+
+
 def steps_per_epoch(images: int, batch: int, stage: str) -> int:
     """Optimizer steps of one epoch: SC batches drop the last short batch (SC needs N >= 2), CE batches keep it."""
     return images // batch if stage == "pretrain" else -(-images // batch)

@@ -313,6 +313,21 @@ def test_projection_arithmetic_by_hand() -> None:
     assert table_runs.project_minutes(costs, {"finetune": plan["pretrain"]}) is None
 
 
+def test_arm_projection_gives_minutes_per_plan_as_measured_and_on_a_free_core() -> None:
+    runs = [{"cpu_share": share, "stages": {"pretrain": {"s_per_step": 0.25, "eval_s": 6.0, "images_per_step": 128},
+                                            "finetune": {"s_per_step": 0.3, "eval_s": 12.0, "images_per_step": 128}}}
+            for share in (0.8, 0.9, None)]  # a resumed run has no share of its own
+    fine = table_runs.StagePlan(epochs=100, steps_per_epoch=32, evaluations=1)
+    plans = {bound: {"pretrain": table_runs.StagePlan(epochs, 468, epochs), "finetune": fine}
+             for bound, epochs in (("min", 20), ("cap", 50))}
+    p = table_runs.arm_projection(runs, plans)
+    # by hand: fine-tune 100 x 32 x 0.3 + 12 = 972 s; SC 20 x (468 x 0.25 + 6) = 2460 s, 50 x 123 = 6150 s
+    assert p["minutes_per_seed"] == {"min": 57.2, "cap": 118.7}  # (2460 + 972) / 60, (6150 + 972) / 60
+    assert p["cpu_share"] == 0.85  # the median of 0.8 and 0.9
+    assert p["minutes_per_seed_free_core"] == {"min": 48.6, "cap": 100.9}  # x 0.85
+    assert p["stages"]["finetune"] == {"s_per_step": 0.3, "img_per_s": round(128 / 0.3, 1), "eval_s": 12.0}
+
+
 def test_short_last_batch_overcount_is_taken_out_of_old_window_timings() -> None:
     # The 4,000-label sup seed-0 record as written from the log windows: 100 epochs of 32 steps, the last of each
     # epoch 32 images, not 128, so steps x batch = 409,600 images against 400,000 trained: 2.4% too many seconds.
